@@ -1,0 +1,93 @@
+// The alignment layer: turns any NBD read or write (any offset, length and buffer address)
+// into kernel transfers that obey the backing's direct-I/O alignment. Aligned requests go
+// straight to the engine from the client's buffer; the rest go through a per-thread aligned
+// bounce buffer, and writes that cover part of a block read that block first
+// (read-modify-write) under an exclusive range lock. The planning is pure and unit-tested;
+// AlignedIo executes a plan against any Engine.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "loopdio/engine.h"
+#include "loopdio/range_lock.h"
+
+namespace loopdio {
+
+// How the backing is accessed right now.
+struct IoMode {
+  int fd = -1;
+  bool direct = false;
+  std::uint32_t align = 1;      // offset and length alignment; 1 when buffered
+  std::uint32_t mem_align = 1;  // buffer address alignment; 1 when buffered
+};
+
+// Where the export lies in the backing.
+struct Geometry {
+  std::uint64_t base = 0;          // offset= : first byte of the export in the backing
+  std::uint64_t size = 0;          // bytes exported
+  std::uint64_t backing_size = 0;  // bytes in the backing
+  // A regular file: a padded write that reached past backing_size is cut back to it, so the
+  // file never changes size. (A block device's size is always a multiple of its sector.)
+  bool is_file = true;
+};
+
+constexpr std::size_t kMaxOpBytes = std::size_t{1} << 20;    // largest single kernel transfer
+constexpr std::size_t kBounceWindow = std::size_t{8} << 20;  // largest bounce buffer per thread
+
+struct Extent {
+  std::uint64_t start = 0;
+  std::uint64_t end = 0;  // exclusive
+  bool empty() const { return start == end; }
+  std::uint64_t size() const { return end - start; }
+  bool operator==(const Extent&) const = default;
+};
+
+struct ReadPlan {
+  bool bounce = false;  // read `io` into a bounce buffer, then copy the requested bytes out
+  Extent io;            // the file range the kernel reads
+};
+
+struct WritePlan {
+  bool lock = false;       // take a range lock on `io` (direct I/O only)
+  bool exclusive = false;  // read-modify-write: the lock is exclusive
+  bool bounce = false;     // copy the data into a bounce buffer before writing
+  Extent io;               // the file range the kernel writes
+  Extent head;             // partial first block to read before writing, or empty
+  Extent tail;             // partial last block to read before writing, or empty
+};
+
+ReadPlan plan_read(const IoMode& m, const void* buf, std::size_t len, std::uint64_t file_off);
+WritePlan plan_write(const IoMode& m, const void* buf, std::size_t len, std::uint64_t file_off);
+
+class AlignedIo {
+ public:
+  AlignedIo(const Geometry& g, RangeLock& locks) : geo_(g), locks_(locks) {}
+
+  const Geometry& geometry() const { return geo_; }
+
+  // `off` is relative to the export. Each returns 0 or -errno and never throws.
+  int read(Engine& e, const IoMode& m, void* buf, std::size_t len, std::uint64_t off) noexcept;
+  int write(Engine& e, const IoMode& m, const void* buf, std::size_t len, std::uint64_t off,
+            bool fua) noexcept;
+  int flush(Engine& e, const IoMode& m) noexcept;
+
+ private:
+  int write_locked(Engine& e, const IoMode& m, const WritePlan& p, const char* buf,
+                   std::size_t len, std::uint64_t foff, bool fua);
+  int write_bounced(Engine& e, const IoMode& m, const WritePlan& p, const char* buf,
+                    std::size_t len, std::uint64_t foff, bool dsync);
+  int write_dsync_fallback(Engine& e, const IoMode& m, char* src, Extent ext);
+
+  Geometry geo_;
+  RangeLock& locks_;
+  std::atomic<bool> dsync_ok_{true};  // the kernel takes RWF_DSYNC; off at its first refusal
+};
+
+// Runs `ops` until each is done, failed or at end of file: a short transfer that stops on an
+// `align` boundary is continued. Returns 0 or the first -errno; each op's result is then the
+// bytes it moved in all. Exposed for the unit tests.
+int run_to_completion(Engine& e, std::span<IoOp> ops, std::uint32_t align);
+
+}  // namespace loopdio

@@ -1,0 +1,37 @@
+// The user's settings for one export, parsed from nbdkit's key=value parameters (and the
+// CLI's options). Parsing is strict: every bad value is refused with a message that names
+// the parameter and the value.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace loopdio {
+
+enum class DirectIo { kAuto, kOn, kOff };
+enum class EngineKind { kLibaio, kIoUring, kSync };
+
+const char* to_string(DirectIo d);
+const char* to_string(EngineKind e);
+
+struct Options {
+  std::string file;
+  DirectIo direct_io = DirectIo::kAuto;
+  EngineKind engine = EngineKind::kLibaio;
+  std::uint64_t offset = 0;                // losetup -o
+  std::optional<std::uint64_t> sizelimit;  // losetup --sizelimit
+  std::uint32_t sector_size = 0;           // 0: the backing's direct-I/O alignment
+  std::string control;                     // control socket path, empty for none
+};
+
+// Sets one parameter. Throws loopdio::Error ("offset=12x: not a size ...") on a bad key or
+// value. `file` is taken as given; the caller makes it absolute.
+void apply_option(Options& o, std::string_view key, std::string_view value);
+
+// "4096", "4k", "1M", "2G", "1T" (binary multiples, either case, optional "B"/"iB").
+// Throws loopdio::Error naming `key` for empty, negative, non-numeric or overflowing values.
+std::uint64_t parse_size(std::string_view key, std::string_view value);
+
+}  // namespace loopdio

@@ -1,0 +1,196 @@
+// Opening a backing and deciding how to serve it. Every refusal is one line that names the
+// parameter or path and the reason.
+#include "loopdio/backing.h"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+
+#include <cstdio>
+
+#include "loopdio/align.h"
+#include "loopdio/error.h"
+
+namespace loopdio {
+namespace {
+
+const char* kind_of(mode_t m) {
+  if (S_ISDIR(m)) return "a directory";
+  if (S_ISFIFO(m)) return "a FIFO";
+  if (S_ISSOCK(m)) return "a socket";
+  if (S_ISCHR(m)) return "a character device";
+  if (S_ISLNK(m)) return "a symbolic link";
+  return "not a regular file";
+}
+
+}  // namespace
+
+std::string human_size(std::uint64_t b) {
+  static const char* units[] = {"KiB", "MiB", "GiB", "TiB", "PiB"};
+  if (b < 1024) return std::to_string(b) + (b == 1 ? " byte" : " bytes");
+  double v = static_cast<double>(b);
+  int u = -1;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f %s", v, units[u]);
+  return buf;
+}
+
+std::unique_ptr<Backing> Backing::open(const Options& o, const ProbeHooks& hooks) {
+  std::unique_ptr<Backing> b(new Backing);
+  b->opts_ = o;
+  b->open_fd();
+  b->probe_ = loopdio::probe(o.file, b->fd_.get(), hooks);
+  b->apply_geometry();
+  b->decide_direct();
+  return b;
+}
+
+void Backing::open_fd() {
+  const std::string& path = opts_.file;
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) throw sys_error("file=" + path);
+  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+    throw Error("file=" + path + ": is " + kind_of(st.st_mode) +
+                ", not a regular file or block device");
+  fd_.reset(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+  if (!fd_ && (errno == EACCES || errno == EROFS || errno == EPERM || errno == ETXTBSY)) {
+    readonly_reason_ = std::string("cannot open for writing: ") + std::strerror(errno);
+    writable_ = false;
+    fd_.reset(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  }
+  if (!fd_) throw sys_error("file=" + path + ": open");
+  if (writable_ && S_ISBLK(st.st_mode)) {
+    int ro = 0;
+    if (::ioctl(fd_.get(), BLKROGET, &ro) == 0 && ro) {
+      writable_ = false;
+      readonly_reason_ = "the block device is read-only (BLKROGET)";
+    }
+  }
+}
+
+void Backing::apply_geometry() {
+  const std::uint64_t size = probe_.size;
+  const std::string& path = opts_.file;
+  if (opts_.offset >= size && !(opts_.offset == 0 && size == 0))
+    throw Error("offset=" + std::to_string(opts_.offset) + ": at or beyond the end of " + path +
+                " (" + std::to_string(size) + " bytes)");
+  std::uint64_t avail = size - opts_.offset;
+  if (opts_.sizelimit && *opts_.sizelimit > avail)
+    throw Error("sizelimit=" + std::to_string(*opts_.sizelimit) + ": reaches past the end of " +
+                path + " (" + std::to_string(avail) + " bytes after offset " +
+                std::to_string(opts_.offset) + ")");
+  geo_.base = opts_.offset;
+  geo_.size = opts_.sizelimit ? *opts_.sizelimit : avail;
+  geo_.backing_size = size;
+  geo_.is_file = !probe_.is_block_device;
+}
+
+void Backing::decide_direct() {
+  const std::string& path = opts_.file;
+  const bool demanded = opts_.direct_io == DirectIo::kOn;
+  std::string why;
+  if (opts_.direct_io == DirectIo::kOff) {
+    why = "directio=0";
+  } else if (!probe_.dio_supported) {
+    why = path + ": " + probe_.dio_reason;
+  } else if (!is_aligned(opts_.offset, std::uint64_t{probe_.align.offset})) {
+    why = "offset=" + std::to_string(opts_.offset) + " is not a multiple of the direct-I/O alignment (" +
+          std::to_string(probe_.align.offset) + " bytes) of " + path;
+  }
+  if (!why.empty() && demanded) throw Error("directio=1: not possible: " + why);
+
+  const std::uint32_t dio_align = probe_.dio_supported ? probe_.align.offset : 0;
+  if (opts_.sector_size && why.empty() && opts_.sector_size % dio_align != 0)
+    throw Error("sector-size=" + std::to_string(opts_.sector_size) + ": " + path +
+                " needs direct I/O in multiples of " + std::to_string(dio_align) +
+                " bytes; use sector-size=" + std::to_string(dio_align) +
+                " or larger, or directio=0");
+  min_block_ = opts_.sector_size ? opts_.sector_size
+               : dio_align        ? dio_align
+                                  : 512;
+  off_reason_ = why;
+  if (why.empty()) set_direct(true);
+}
+
+void Backing::set_direct(bool on) {
+  if (on) {
+    if (!probe_.dio_supported) throw Error(opts_.file + ": " + probe_.dio_reason);
+    if (!is_aligned(opts_.offset, std::uint64_t{probe_.align.offset}))
+      throw Error("offset " + std::to_string(opts_.offset) +
+                  " is not a multiple of the direct-I/O alignment " +
+                  std::to_string(probe_.align.offset));
+    if (min_block_ % probe_.align.offset != 0)
+      throw Error("sector size " + std::to_string(min_block_) +
+                  " is not a multiple of the direct-I/O alignment " +
+                  std::to_string(probe_.align.offset));
+  }
+  int flags = ::fcntl(fd_.get(), F_GETFL);
+  if (flags < 0) throw sys_error("fcntl(F_GETFL): " + opts_.file);
+  flags = on ? flags | O_DIRECT : flags & ~O_DIRECT;
+  if (::fcntl(fd_.get(), F_SETFL, flags) != 0)
+    throw sys_error(std::string("fcntl(F_SETFL, ") + (on ? "O_DIRECT" : "~O_DIRECT") + "): " +
+                    opts_.file);
+  off_reason_ = on ? "" : "switched off at run time";
+  direct_.store(on, std::memory_order_release);
+}
+
+std::string Backing::direct_reason() const { return direct() ? std::string() : off_reason_; }
+
+IoMode Backing::mode() const {
+  IoMode m;
+  m.fd = fd_.get();
+  m.direct = direct();
+  if (m.direct) {
+    m.align = probe_.align.offset;
+    m.mem_align = probe_.align.mem;
+  }
+  return m;
+}
+
+std::uint32_t Backing::preferred_block() const {
+  std::uint32_t p = std::max<std::uint32_t>(4096, min_block_);
+  if (probe_.physical_block > p && probe_.physical_block <= (64u << 10)) p = probe_.physical_block;
+  return p;
+}
+
+std::string Backing::describe(const char* engine) const {
+  std::string s = "loopdio: " + opts_.file + " (" +
+                  (probe_.is_block_device ? "block device" : probe_.fs_type + " file") + ", " +
+                  human_size(geo_.size);
+  if (geo_.base) s += " at offset " + std::to_string(geo_.base);
+  s += "): ";
+  if (direct())
+    s += "direct I/O on, alignment " + std::to_string(probe_.align.offset) + " (" +
+         probe_.align.source + ")";
+  else
+    s += "direct I/O off (" + off_reason_ + ")";
+  s += ", engine " + std::string(engine) + ", sector size " + std::to_string(min_block_);
+  if (!writable_) s += ", read-only (" + readonly_reason_ + ")";
+  return s;
+}
+
+std::vector<std::string> Backing::findings() const {
+  std::vector<std::string> v;
+  const ProbeResult& p = probe_;
+  v.push_back(opts_.file + ": " + (p.is_block_device ? "block device" : "regular file on " + p.fs_type) +
+              ", " + std::to_string(p.size) + " bytes, logical block " +
+              std::to_string(p.logical_block) + ", physical block " + std::to_string(p.physical_block));
+  if (p.dio_supported)
+    v.push_back("O_DIRECT works: offset alignment " + std::to_string(p.align.offset) +
+                ", memory alignment " + std::to_string(p.align.mem) + " (from " + p.align.source + ")");
+  else
+    v.push_back("O_DIRECT does not work: " + p.dio_reason);
+  v.push_back(direct() ? "decided: direct I/O on" : "decided: direct I/O off: " + off_reason_);
+  if (!writable_) v.push_back("serving read-only: " + readonly_reason_);
+  v.push_back("export: " + std::to_string(geo_.size) + " bytes at offset " + std::to_string(geo_.base) +
+              "; block sizes min " + std::to_string(min_block_) + ", preferred " +
+              std::to_string(preferred_block()) + ", max " + std::to_string(kMaxBlock));
+  return v;
+}
+
+}  // namespace loopdio

@@ -1,0 +1,197 @@
+// The libaio engine: one kernel AIO context per NBD connection, shared by its worker threads.
+//
+// How a completion reaches its thread: every iocb names its submitter's own eventfd
+// (IOCB_FLAG_RESFD), so the kernel wakes exactly the thread whose I/O finished, and no
+// other. That thread then consumes whatever completions are in the context's ring, straight
+// from the user-mapped ring (no io_getevents call), stores each result in its owner's op and
+// counts it off. A thread whose result was taken by another still finds its eventfd
+// signalled, so it never sleeps past its own completion. No thread ever sleeps in
+// io_getevents, where the kernel would wake every waiter of the context at each completion.
+#include <libaio.h>
+#include <linux/fs.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "loopdio/engine.h"
+#include "loopdio/error.h"
+#include "loopdio/unique_fd.h"
+
+namespace loopdio {
+namespace {
+
+// The header the kernel maps at the address io_setup returns (fs/aio.c, struct aio_ring).
+struct AioRing {
+  unsigned id;
+  unsigned nr;
+  unsigned head;
+  unsigned tail;
+  unsigned magic;
+  unsigned compat_features;
+  unsigned incompat_features;
+  unsigned header_length;
+  struct io_event events[];
+};
+constexpr unsigned kAioRingMagic = 0xa10a10a1;
+
+struct Waiter {
+  std::atomic<std::size_t> pending;
+};
+
+struct Slot {
+  struct iocb cb;
+  IoOp* op;
+  Waiter* waiter;
+};
+
+// This thread's eventfd, created at its first request and closed when the thread exits.
+int thread_eventfd() {
+  thread_local UniqueFd efd(::eventfd(0, EFD_CLOEXEC));
+  return efd ? efd.get() : -1;
+}
+
+// This thread's iocbs; reused from request to request, only ever grown while none is in
+// flight.
+struct ThreadSlots {
+  std::vector<Slot> slots;
+  std::vector<struct iocb*> ptrs;
+};
+ThreadSlots& thread_slots(std::size_t n) {
+  thread_local ThreadSlots t;
+  if (t.slots.size() < n) {
+    t.slots.resize(n);
+    t.ptrs.resize(n);
+  }
+  return t;
+}
+
+class LibaioEngine final : public Engine {
+ public:
+  explicit LibaioEngine(unsigned depth) {
+    int r = io_setup(static_cast<int>(depth), &ctx_);
+    if (r < 0) throw sys_error("io_setup(" + std::to_string(depth) + ")", -r);
+    const auto* ring = reinterpret_cast<const AioRing*>(ctx_);
+    user_reap_ = ring->magic == kAioRingMagic && ring->incompat_features == 0;
+  }
+  ~LibaioEngine() override { io_destroy(ctx_); }
+
+  const char* name() const noexcept override { return "libaio"; }
+
+  void run(std::span<IoOp> ops) noexcept override {
+    if (ops.empty()) return;
+    int efd = thread_eventfd();
+    if (efd < 0) {
+      for (IoOp& op : ops) op.result = -EMFILE;
+      return;
+    }
+    ThreadSlots* t;
+    try {
+      t = &thread_slots(ops.size());
+    } catch (const std::bad_alloc&) {
+      for (IoOp& op : ops) op.result = -ENOMEM;
+      return;
+    }
+    Waiter w{ops.size()};
+    for (std::size_t i = 0; i < ops.size(); ++i) prepare(t->slots[i], ops[i], w, efd, t->ptrs[i]);
+    submit(t->ptrs.data(), ops.size(), w, efd);
+    while (w.pending.load(std::memory_order_acquire) > 0) {
+      reap();
+      if (w.pending.load(std::memory_order_acquire) == 0) break;
+      wait_eventfd(efd);
+    }
+  }
+
+ private:
+  static void prepare(Slot& s, IoOp& op, Waiter& w, int efd, struct iocb*& ptr) {
+    if (op.kind == IoKind::kRead)
+      io_prep_pread(&s.cb, op.fd, op.buf, op.len, static_cast<long long>(op.off));
+    else
+      io_prep_pwrite(&s.cb, op.fd, op.buf, op.len, static_cast<long long>(op.off));
+    s.cb.aio_rw_flags = op.dsync ? RWF_DSYNC : 0;
+    io_set_eventfd(&s.cb, efd);
+    s.cb.data = &s;
+    s.op = &op;
+    s.waiter = &w;
+    ptr = &s.cb;
+  }
+
+  void submit(struct iocb** ptrs, std::size_t n, Waiter& w, int efd) {
+    std::size_t done = 0;
+    while (done < n) {
+      int r = io_submit(ctx_, static_cast<long>(n - done), ptrs + done);
+      if (r > 0) {
+        done += static_cast<std::size_t>(r);
+      } else if (r == -EAGAIN || r == 0) {
+        // Every slot of the context is in flight. Let one of ours finish, or anyone's.
+        reap();
+        if (w.pending.load(std::memory_order_acquire) > n - done)
+          wait_eventfd(efd);
+        else
+          pause();
+      } else if (r != -EINTR) {
+        // The kernel refused the first remaining iocb (EINVAL, EBADF, ...): it has failed.
+        auto* s = static_cast<Slot*>(ptrs[done]->data);
+        s->op->result = r;
+        w.pending.fetch_sub(1, std::memory_order_release);
+        ++done;
+      }
+    }
+  }
+
+  // Consumes every completion in the ring and hands each to its owner.
+  void reap() {
+    std::lock_guard lock(reap_mu_);
+    if (user_reap_) {
+      auto* ring = reinterpret_cast<AioRing*>(ctx_);
+      unsigned head = ring->head;
+      unsigned tail = __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE);
+      if (head == tail) return;
+      for (; head != tail; head = (head + 1) % ring->nr) complete(ring->events[head]);
+      __atomic_store_n(&ring->head, head, __ATOMIC_RELEASE);
+      return;
+    }
+    struct io_event events[64];
+    struct timespec zero = {0, 0};
+    int n;
+    do {
+      n = io_getevents(ctx_, 0, 64, events, &zero);
+      for (int i = 0; i < n; ++i) complete(events[i]);
+    } while (n == 64);
+  }
+
+  static void complete(const struct io_event& ev) {
+    auto* s = static_cast<Slot*>(ev.data);
+    s->op->result = static_cast<long>(ev.res);
+    // The last touch of the slot: once pending drops, its owner may reuse it.
+    s->waiter->pending.fetch_sub(1, std::memory_order_release);
+  }
+
+  static void wait_eventfd(int efd) {
+    std::uint64_t count;
+    while (::read(efd, &count, sizeof count) < 0 && errno == EINTR) {
+    }
+  }
+
+  static void pause() {
+    struct timespec ts = {0, 50 * 1000};
+    nanosleep(&ts, nullptr);
+  }
+
+  io_context_t ctx_ = nullptr;
+  bool user_reap_ = false;
+  std::mutex reap_mu_;  // one consumer of the completion ring at a time (its head pointer)
+};
+
+}  // namespace
+
+std::unique_ptr<Engine> make_libaio_engine(unsigned depth) {
+  return std::make_unique<LibaioEngine>(depth);
+}
+
+}  // namespace loopdio

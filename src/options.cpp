@@ -1,0 +1,113 @@
+// Strict parsing of loopdio's parameters; see options.h.
+#include "loopdio/options.h"
+
+#include <cctype>
+#include <limits>
+
+#include "loopdio/align.h"
+#include "loopdio/error.h"
+
+namespace loopdio {
+namespace {
+
+[[noreturn]] void bad(std::string_view key, std::string_view value, const std::string& why) {
+  throw Error(std::string(key) + "=" + std::string(value) + ": " + why);
+}
+
+std::string lower(std::string_view s) {
+  std::string r(s);
+  for (char& c : r) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return r;
+}
+
+DirectIo parse_direct_io(std::string_view key, std::string_view value) {
+  std::string v = lower(value);
+  if (v == "auto") return DirectIo::kAuto;
+  if (v == "1" || v == "on" || v == "true" || v == "yes") return DirectIo::kOn;
+  if (v == "0" || v == "off" || v == "false" || v == "no") return DirectIo::kOff;
+  bad(key, value, "expected auto, 1 (on) or 0 (off)");
+}
+
+EngineKind parse_engine(std::string_view key, std::string_view value) {
+  std::string v = lower(value);
+  if (v == "libaio" || v == "native") return EngineKind::kLibaio;
+  if (v == "io_uring" || v == "uring" || v == "io-uring") return EngineKind::kIoUring;
+  if (v == "sync" || v == "threads") return EngineKind::kSync;
+  bad(key, value, "expected libaio, io_uring or sync");
+}
+
+}  // namespace
+
+const char* to_string(DirectIo d) {
+  switch (d) {
+    case DirectIo::kAuto: return "auto";
+    case DirectIo::kOn: return "on";
+    case DirectIo::kOff: return "off";
+  }
+  return "?";
+}
+
+const char* to_string(EngineKind e) {
+  switch (e) {
+    case EngineKind::kLibaio: return "libaio";
+    case EngineKind::kIoUring: return "io_uring";
+    case EngineKind::kSync: return "sync";
+  }
+  return "?";
+}
+
+std::uint64_t parse_size(std::string_view key, std::string_view value) {
+  if (value.empty()) bad(key, value, "empty value: expected a size such as 4096, 64k or 1G");
+  std::size_t i = 0;
+  std::uint64_t n = 0;
+  while (i < value.size() && std::isdigit(static_cast<unsigned char>(value[i]))) {
+    unsigned d = static_cast<unsigned>(value[i] - '0');
+    if (n > (std::numeric_limits<std::uint64_t>::max() - d) / 10) bad(key, value, "too large");
+    n = n * 10 + d;
+    ++i;
+  }
+  if (i == 0) bad(key, value, "not a size: expected digits with an optional k, M, G or T");
+  std::string suffix = lower(value.substr(i));
+  unsigned shift = 0;
+  if (!suffix.empty()) {
+    const std::string units = "kmgtpe";
+    auto pos = units.find(suffix[0]);
+    std::string rest = suffix.substr(pos == std::string::npos ? 0 : 1);
+    if (pos == std::string::npos ? suffix != "b" : !(rest.empty() || rest == "b" || rest == "ib"))
+      bad(key, value, "not a size: unknown suffix \"" + std::string(value.substr(i)) + "\"");
+    if (pos != std::string::npos) shift = 10 * static_cast<unsigned>(pos + 1);
+  }
+  if (shift && n > (std::numeric_limits<std::uint64_t>::max() >> shift)) bad(key, value, "too large");
+  n <<= shift;
+  // Offsets must fit off_t.
+  if (n > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+    bad(key, value, "too large");
+  return n;
+}
+
+void apply_option(Options& o, std::string_view key, std::string_view value) {
+  if (key == "file") {
+    if (value.empty()) bad(key, value, "empty path");
+    o.file = value;
+  } else if (key == "directio" || key == "direct-io" || key == "direct_io") {
+    o.direct_io = parse_direct_io(key, value);
+  } else if (key == "aio" || key == "engine") {
+    o.engine = parse_engine(key, value);
+  } else if (key == "offset") {
+    o.offset = parse_size(key, value);
+  } else if (key == "sizelimit") {
+    o.sizelimit = parse_size(key, value);
+    if (*o.sizelimit == 0) bad(key, value, "must be greater than zero");
+  } else if (key == "sector-size" || key == "sector_size" || key == "logical-sector-size") {
+    std::uint64_t v = parse_size(key, value);
+    if (v < 512 || v > 4096 || !is_power_of_2(v)) bad(key, value, "expected 512, 1024, 2048 or 4096");
+    o.sector_size = static_cast<std::uint32_t>(v);
+  } else if (key == "control") {
+    if (value.empty()) bad(key, value, "empty path");
+    o.control = value;
+  } else {
+    throw Error("unknown parameter \"" + std::string(key) + "\" (see nbdkit loopdio --help)");
+  }
+}
+
+}  // namespace loopdio

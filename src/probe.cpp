@@ -1,0 +1,169 @@
+// Probing a backing: size, direct-I/O support and alignment. The order follows what the
+// kernel knows best: statx(STATX_DIOALIGN) (Linux 6.1+), then the block device's logical
+// sector size (BLKSSZGET, or sysfs for the device under a file), and last trial reads.
+#include "loopdio/probe.h"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <linux/magic.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+
+#include "loopdio/align.h"
+#include "loopdio/aligned_buffer.h"
+#include "loopdio/error.h"
+#include "loopdio/unique_fd.h"
+
+namespace loopdio {
+namespace {
+
+std::string fs_type_name(long magic) {
+  switch (static_cast<unsigned long>(magic)) {
+    case EXT4_SUPER_MAGIC: return "ext4";
+    case XFS_SUPER_MAGIC: return "xfs";
+    case TMPFS_MAGIC: return "tmpfs";
+    case BTRFS_SUPER_MAGIC: return "btrfs";
+    case 0x01021997: return "9p";
+    case 0x65735546: return "fuse";
+    case NFS_SUPER_MAGIC: return "nfs";
+    case OVERLAYFS_SUPER_MAGIC: return "overlayfs";
+    case 0x62646576: return "bdev";
+    default: {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "fs 0x%lx", static_cast<unsigned long>(magic));
+      return buf;
+    }
+  }
+}
+
+std::optional<std::uint32_t> sysfs_uint(const ProbeHooks& h, const std::string& path) {
+  auto s = h.read_sysfs(path);
+  if (!s) return std::nullopt;
+  try {
+    unsigned long v = std::stoul(*s);
+    if (v == 0 || v > (1u << 30)) return std::nullopt;
+    return static_cast<std::uint32_t>(v);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
+// The queue directory of the disk that holds device `dev`, walking from a partition to its
+// disk: /sys/dev/block/MAJ:MIN/queue, or /sys/dev/block/MAJ:MIN/../queue for a partition.
+std::optional<std::uint32_t> queue_attr(const ProbeHooks& h, dev_t dev, const char* attr) {
+  std::string base = "/sys/dev/block/" + std::to_string(major(dev)) + ":" +
+                     std::to_string(minor(dev));
+  if (auto v = sysfs_uint(h, base + "/queue/" + attr)) return v;
+  return sysfs_uint(h, base + "/../queue/" + attr);
+}
+
+// Smallest power of two for which an O_DIRECT read of that size at that offset succeeds;
+// with mem_only, the offset is kept at 64 KiB and only the buffer address varies.
+std::uint32_t trial_align(const ProbeHooks& h, int dfd, bool mem_only) {
+  constexpr std::uint32_t kMax = 64 * 1024;
+  AlignedBuffer buf(kMax, 3 * kMax);
+  for (std::uint32_t a = 512; a <= kMax; a *= 2) {
+    char* p = mem_only ? buf.data() + a : buf.data() + kMax;
+    std::uint64_t off = mem_only ? kMax : a;
+    std::size_t len = mem_only ? kMax : a;
+    if (h.pread(dfd, p, len, off) >= 0) return a;
+    if (errno != EINVAL) return 0;
+  }
+  return 0;
+}
+
+void probe_alignment(const std::string& path, const ProbeHooks& h, const struct stat& st,
+                     ProbeResult& r) {
+  UniqueFd dfd(h.open_direct(path));
+  if (!dfd) {
+    r.dio_reason = "open with O_DIRECT: " + std::string(std::strerror(errno)) +
+                   (r.fs_type.empty() ? "" : " (" + r.fs_type + ")");
+    return;
+  }
+  struct statx stx {};
+  if (h.statx_dioalign(dfd.get(), &stx) == 0 && (stx.stx_mask & STATX_DIOALIGN)) {
+    if (stx.stx_dio_offset_align == 0) {
+      r.dio_reason = "the filesystem (" + r.fs_type + ") reports no direct I/O support (statx)";
+      return;
+    }
+    r.align = {stx.stx_dio_offset_align, stx.stx_dio_mem_align ? stx.stx_dio_mem_align : 1,
+               "statx"};
+  } else if (r.is_block_device && r.logical_block) {
+    r.align = {r.logical_block, r.logical_block, "BLKSSZGET"};
+  } else if (auto lbs = queue_attr(h, st.st_dev, "logical_block_size")) {
+    r.align = {*lbs, *lbs, "sysfs queue/logical_block_size"};
+  } else {
+    std::uint32_t off = trial_align(h, dfd.get(), false);
+    std::uint32_t mem = off ? trial_align(h, dfd.get(), true) : 0;
+    if (off == 0 || mem == 0) {
+      r.dio_reason = "trial O_DIRECT reads failed: " + std::string(std::strerror(errno));
+      return;
+    }
+    r.align = {off, mem, "trial reads"};
+  }
+  if (!is_power_of_2(r.align.offset) || !is_power_of_2(r.align.mem)) {
+    r.dio_reason = "the kernel reported an alignment that is not a power of two";
+    return;
+  }
+  r.dio_supported = true;
+}
+
+}  // namespace
+
+ProbeHooks ProbeHooks::real() {
+  ProbeHooks h;
+  h.fstat = [](int fd, struct stat* st) { return ::fstat(fd, st); };
+  h.statx_dioalign = [](int fd, struct statx* stx) {
+    return ::statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, stx);
+  };
+  h.ioctl = [](int fd, unsigned long req, void* arg) { return ::ioctl(fd, req, arg); };
+  h.read_sysfs = [](const std::string& path) -> std::optional<std::string> {
+    std::ifstream in(path);
+    std::string s;
+    if (!in || !std::getline(in, s)) return std::nullopt;
+    return s;
+  };
+  h.open_direct = [](const std::string& path) {
+    return ::open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+  };
+  h.pread = [](int fd, void* buf, std::size_t len, std::uint64_t off) {
+    return static_cast<long>(::pread(fd, buf, len, static_cast<off_t>(off)));
+  };
+  h.fs_type = [](int fd) -> std::string {
+    struct statfs sfs {};
+    if (::fstatfs(fd, &sfs) != 0) return {};
+    return fs_type_name(sfs.f_type);
+  };
+  return h;
+}
+
+ProbeResult probe(const std::string& path, int fd, const ProbeHooks& h) {
+  ProbeResult r;
+  struct stat st {};
+  if (h.fstat(fd, &st) != 0) throw sys_error("fstat: " + path);
+  r.fs_type = h.fs_type(fd);
+  r.is_block_device = S_ISBLK(st.st_mode);
+  if (r.is_block_device) {
+    std::uint64_t size = 0;
+    int lbs = 0;
+    unsigned int pbs = 0;
+    if (h.ioctl(fd, BLKGETSIZE64, &size) != 0) throw sys_error("BLKGETSIZE64: " + path);
+    r.size = size;
+    if (h.ioctl(fd, BLKSSZGET, &lbs) == 0 && lbs > 0) r.logical_block = lbs;
+    if (h.ioctl(fd, BLKPBSZGET, &pbs) == 0 && pbs > 0) r.physical_block = pbs;
+  } else {
+    r.size = static_cast<std::uint64_t>(st.st_size);
+    if (auto v = queue_attr(h, st.st_dev, "logical_block_size")) r.logical_block = *v;
+    if (auto v = queue_attr(h, st.st_dev, "physical_block_size")) r.physical_block = *v;
+  }
+  probe_alignment(path, h, st, r);
+  return r;
+}
+
+}  // namespace loopdio
