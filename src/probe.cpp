@@ -31,6 +31,7 @@ std::string fs_type_name(long magic) {
     case BTRFS_SUPER_MAGIC: return "btrfs";
     case 0x01021997: return "9p";
     case 0x65735546: return "fuse";
+    case RAMFS_MAGIC: return "ramfs";
     case NFS_SUPER_MAGIC: return "nfs";
     case OVERLAYFS_SUPER_MAGIC: return "overlayfs";
     case 0x62646576: return "bdev";
@@ -82,8 +83,8 @@ void probe_alignment(const std::string& path, const ProbeHooks& h, const struct 
                      ProbeResult& r) {
   UniqueFd dfd(h.open_direct(path));
   if (!dfd) {
-    r.dio_reason = "open with O_DIRECT: " + std::string(std::strerror(errno)) +
-                   (r.fs_type.empty() ? "" : " (" + r.fs_type + ")");
+    r.dio_reason = (r.fs_type.empty() ? std::string("the filesystem") : r.fs_type) +
+                   " refuses O_DIRECT (open: " + std::strerror(errno) + ")";
     return;
   }
   struct statx stx {};
