@@ -5,6 +5,7 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cinttypes>
 #include <cstdio>
@@ -15,6 +16,8 @@
 
 #include "loopdio/aligned_io.h"
 #include "loopdio/backing.h"
+#include "loopdio/control.h"
+#include "loopdio/drain_gate.h"
 #include "loopdio/engine.h"
 #include "loopdio/error.h"
 #include "loopdio/log.h"
@@ -37,6 +40,9 @@ Options g_opts;
 std::unique_ptr<Backing> g_backing;   // set in get_ready, before any connection
 std::unique_ptr<AlignedIo> g_io;
 RangeLock g_locks;                     // shared by every connection
+DrainGate g_gate;                      // every request passes it; a run-time switch drains it
+std::unique_ptr<ControlServer> g_control;
+std::atomic<int> g_connections{0};
 
 struct Connection {
   std::unique_ptr<Engine> engine;
@@ -100,6 +106,14 @@ int loopdio_config_complete() {
   return 0;
 }
 
+std::string control_command(std::string_view line) {
+  ControlContext ctx{*g_backing, g_gate, [] {
+    return ",\"connections\":" + std::to_string(g_connections.load()) +
+           ",\"in_flight\":" + std::to_string(g_gate.in_flight());
+  }};
+  return handle_control(line, ctx);
+}
+
 int loopdio_get_ready() {
   return guarded("get_ready", [] {
     g_backing = Backing::open(g_opts);
@@ -108,9 +122,20 @@ int loopdio_get_ready() {
       notice("direct I/O off, serving buffered: " + g_backing->direct_reason());
     if (!g_backing->writable()) notice("serving " + g_opts.file + " read-only: " + g_backing->readonly_reason());
     g_io = std::make_unique<AlignedIo>(g_backing->geometry(), g_locks);
+    if (!g_opts.control.empty()) g_control = std::make_unique<ControlServer>(g_opts.control, control_command);
     return 0;
   }, -1);
 }
+
+// Threads may start only now: nbdkit has forked (or will not).
+int loopdio_after_fork() {
+  return guarded("after_fork", [] {
+    if (g_control) g_control->start();
+    return 0;
+  }, -1);
+}
+
+void loopdio_cleanup() { g_control.reset(); }
 
 std::unique_ptr<Engine> make_engine() {
   switch (g_opts.engine) {
@@ -142,11 +167,15 @@ void* loopdio_open(int /*readonly*/) {
   return guarded("open", [] {
     auto c = std::make_unique<Connection>();
     c->engine = make_engine();
+    ++g_connections;
     return static_cast<void*>(c.release());
   }, static_cast<void*>(nullptr));
 }
 
-void loopdio_close(void* handle) { delete static_cast<Connection*>(handle); }
+void loopdio_close(void* handle) {
+  delete static_cast<Connection*>(handle);
+  --g_connections;
+}
 
 int64_t loopdio_get_size(void*) { return static_cast<int64_t>(g_backing->geometry().size); }
 
@@ -172,17 +201,20 @@ int loopdio_can_multi_conn(void*) { return 1; }
 
 int loopdio_pread(void* handle, void* buf, uint32_t count, uint64_t offset, uint32_t) {
   auto* c = static_cast<Connection*>(handle);
+  DrainGate::Pass pass(g_gate);
   return io_result("read", count, offset, g_io->read(*c->engine, g_backing->mode(), buf, count, offset));
 }
 
 int loopdio_pwrite(void* handle, const void* buf, uint32_t count, uint64_t offset, uint32_t flags) {
   auto* c = static_cast<Connection*>(handle);
+  DrainGate::Pass pass(g_gate);
   int r = g_io->write(*c->engine, g_backing->mode(), buf, count, offset, flags & NBDKIT_FLAG_FUA);
   return io_result("write", count, offset, r);
 }
 
 int loopdio_flush(void* handle, uint32_t) {
   auto* c = static_cast<Connection*>(handle);
+  DrainGate::Pass pass(g_gate);
   return io_result("flush", 0, 0, g_io->flush(*c->engine, g_backing->mode()));
 }
 
@@ -215,6 +247,9 @@ struct nbdkit_plugin make_plugin() {
   p.config_help = kHelp;
   p.magic_config_key = "file";
   p.get_ready = loopdio_get_ready;
+  p.after_fork = loopdio_after_fork;
+  p.cleanup = loopdio_cleanup;
+  p.unload = loopdio_cleanup;
   p.open = loopdio_open;
   p.close = loopdio_close;
   p.get_size = loopdio_get_size;

@@ -117,18 +117,21 @@ void Backing::decide_direct() {
   if (why.empty()) set_direct(true);
 }
 
+void Backing::check_direct(bool on) const {
+  if (!on) return;
+  if (!probe_.dio_supported) throw Error(opts_.file + ": " + probe_.dio_reason);
+  if (!is_aligned(opts_.offset, std::uint64_t{probe_.align.offset}))
+    throw Error("offset " + std::to_string(opts_.offset) +
+                " is not a multiple of the direct-I/O alignment (" +
+                std::to_string(probe_.align.offset) + " bytes) of " + opts_.file);
+  if (min_block_ % probe_.align.offset != 0)
+    throw Error("sector size " + std::to_string(min_block_) +
+                " is not a multiple of the direct-I/O alignment (" +
+                std::to_string(probe_.align.offset) + " bytes) of " + opts_.file);
+}
+
 void Backing::set_direct(bool on) {
-  if (on) {
-    if (!probe_.dio_supported) throw Error(opts_.file + ": " + probe_.dio_reason);
-    if (!is_aligned(opts_.offset, std::uint64_t{probe_.align.offset}))
-      throw Error("offset " + std::to_string(opts_.offset) +
-                  " is not a multiple of the direct-I/O alignment " +
-                  std::to_string(probe_.align.offset));
-    if (min_block_ % probe_.align.offset != 0)
-      throw Error("sector size " + std::to_string(min_block_) +
-                  " is not a multiple of the direct-I/O alignment " +
-                  std::to_string(probe_.align.offset));
-  }
+  check_direct(on);
   int flags = ::fcntl(fd_.get(), F_GETFL);
   if (flags < 0) throw sys_error("fcntl(F_GETFL): " + opts_.file);
   flags = on ? flags | O_DIRECT : flags & ~O_DIRECT;

@@ -47,6 +47,8 @@ class Backing {
   // The probe's findings and the decisions, one line each, for the log.
   std::vector<std::string> findings() const;
 
+  // Throws loopdio::Error with the reason when direct I/O cannot be switched `on`.
+  void check_direct(bool on) const;
   // Switches O_DIRECT on the fd. The caller has drained every request. Throws loopdio::Error
   // with the reason when the backing cannot do it.
   void set_direct(bool on);
