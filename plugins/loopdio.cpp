@@ -20,8 +20,10 @@
 #include "loopdio/drain_gate.h"
 #include "loopdio/engine.h"
 #include "loopdio/error.h"
+#include "loopdio/extents.h"
 #include "loopdio/log.h"
 #include "loopdio/options.h"
+#include "loopdio/space_ops.h"
 #include "loopdio/version.h"
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
@@ -39,6 +41,7 @@ constexpr unsigned kAioDepthLow = 16;
 Options g_opts;
 std::unique_ptr<Backing> g_backing;   // set in get_ready, before any connection
 std::unique_ptr<AlignedIo> g_io;
+std::unique_ptr<SpaceOps> g_space;
 RangeLock g_locks;                     // shared by every connection
 DrainGate g_gate;                      // every request passes it; a run-time switch drains it
 std::unique_ptr<ControlServer> g_control;
@@ -122,6 +125,13 @@ int loopdio_get_ready() {
       notice("direct I/O off, serving buffered: " + g_backing->direct_reason());
     if (!g_backing->writable()) notice("serving " + g_opts.file + " read-only: " + g_backing->readonly_reason());
     g_io = std::make_unique<AlignedIo>(g_backing->geometry(), g_locks);
+    const ProbeResult& p = g_backing->probe();
+    SpaceSupport sup;
+    sup.block_device = p.is_block_device;
+    sup.device_block = p.logical_block ? p.logical_block : 512;
+    sup.discard = p.discard_max > 0;
+    sup.zero_offload = p.write_zeroes_max > 0;
+    g_space = std::make_unique<SpaceOps>(*g_io, g_locks, sup);
     if (!g_opts.control.empty()) g_control = std::make_unique<ControlServer>(g_opts.control, control_command);
     return 0;
   }, -1);
@@ -198,6 +208,15 @@ int loopdio_can_flush(void*) { return 1; }
 int loopdio_can_fua(void*) { return NBDKIT_FUA_NATIVE; }
 // Every connection shares one fd, so a flush on any of them covers the writes of all.
 int loopdio_can_multi_conn(void*) { return 1; }
+int loopdio_can_trim(void*) { return g_backing->writable() && g_space->can_trim(); }
+// Zeroes are always possible: the kernel offloads them, or they are written.
+int loopdio_can_zero(void*) { return g_backing->writable(); }
+// A fast zero that cannot be cheap fails at once with ENOTSUP, as the protocol asks.
+int loopdio_can_fast_zero(void*) { return g_backing->writable(); }
+// Block devices have no holes to report: everything is data (nbdkit's default).
+int loopdio_can_extents(void*) { return !g_backing->probe().is_block_device; }
+// Native: a no-op with direct I/O (no page cache to fill), readahead when buffered.
+int loopdio_can_cache(void*) { return NBDKIT_CACHE_NATIVE; }
 
 int loopdio_pread(void* handle, void* buf, uint32_t count, uint64_t offset, uint32_t) {
   auto* c = static_cast<Connection*>(handle);
@@ -216,6 +235,44 @@ int loopdio_flush(void* handle, uint32_t) {
   auto* c = static_cast<Connection*>(handle);
   DrainGate::Pass pass(g_gate);
   return io_result("flush", 0, 0, g_io->flush(*c->engine, g_backing->mode()));
+}
+
+int loopdio_trim(void* handle, uint32_t count, uint64_t offset, uint32_t flags) {
+  auto* c = static_cast<Connection*>(handle);
+  DrainGate::Pass pass(g_gate);
+  int r = g_space->trim(*c->engine, g_backing->mode(), count, offset, flags & NBDKIT_FLAG_FUA);
+  return io_result("trim", count, offset, r);
+}
+
+int loopdio_zero(void* handle, uint32_t count, uint64_t offset, uint32_t flags) {
+  auto* c = static_cast<Connection*>(handle);
+  DrainGate::Pass pass(g_gate);
+  ZeroFlags f;
+  f.may_trim = flags & NBDKIT_FLAG_MAY_TRIM;
+  f.fua = flags & NBDKIT_FLAG_FUA;
+  f.fast = flags & NBDKIT_FLAG_FAST_ZERO;
+  int r = g_space->zero(*c->engine, g_backing->mode(), count, offset, f);
+  if (r == -ENOTSUP && f.fast) {  // the expected answer to a fast zero, not an error to log
+    nbdkit_set_error(ENOTSUP);
+    return -1;
+  }
+  return io_result("zero", count, offset, r);
+}
+
+int loopdio_extents(void*, uint32_t count, uint64_t offset, uint32_t flags,
+                    struct nbdkit_extents* extents) {
+  const uint64_t base = g_backing->geometry().base;
+  int r = map_extents(g_backing->fd(), base + offset, base + offset + count,
+                      flags & NBDKIT_FLAG_REQ_ONE, [&](uint64_t off, uint64_t len, bool hole) {
+                        uint32_t type = hole ? NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO : 0;
+                        return nbdkit_add_extent(extents, off - base, len, type) == 0 ? 0 : -EIO;
+                      });
+  return io_result("extents", count, offset, r);
+}
+
+int loopdio_cache(void*, uint32_t count, uint64_t offset, uint32_t) {
+  DrainGate::Pass pass(g_gate);
+  return io_result("cache", count, offset, g_space->cache(g_backing->mode(), count, offset));
 }
 
 void loopdio_dump_plugin() {
@@ -259,9 +316,18 @@ struct nbdkit_plugin make_plugin() {
   p.can_flush = loopdio_can_flush;
   p.can_fua = loopdio_can_fua;
   p.can_multi_conn = loopdio_can_multi_conn;
+  p.can_trim = loopdio_can_trim;
+  p.can_zero = loopdio_can_zero;
+  p.can_fast_zero = loopdio_can_fast_zero;
+  p.can_extents = loopdio_can_extents;
+  p.can_cache = loopdio_can_cache;
   p.pread = loopdio_pread;
   p.pwrite = loopdio_pwrite;
   p.flush = loopdio_flush;
+  p.trim = loopdio_trim;
+  p.zero = loopdio_zero;
+  p.extents = loopdio_extents;
+  p.cache = loopdio_cache;
   p.dump_plugin = loopdio_dump_plugin;
   p.errno_is_preserved = 0;
   return p;

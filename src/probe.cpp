@@ -43,16 +43,25 @@ std::string fs_type_name(long magic) {
   }
 }
 
-std::optional<std::uint32_t> sysfs_uint(const ProbeHooks& h, const std::string& path) {
+std::optional<std::uint64_t> sysfs_u64(const ProbeHooks& h, const std::string& path) {
   auto s = h.read_sysfs(path);
   if (!s) return std::nullopt;
   try {
-    unsigned long v = std::stoul(*s);
-    if (v == 0 || v > (1u << 30)) return std::nullopt;
-    return static_cast<std::uint32_t>(v);
+    return std::stoull(*s);
   } catch (const std::exception&) {
     return std::nullopt;
   }
+}
+
+std::optional<std::uint32_t> sysfs_uint(const ProbeHooks& h, const std::string& path) {
+  auto v = sysfs_u64(h, path);
+  if (!v || *v == 0 || *v > (1u << 30)) return std::nullopt;
+  return static_cast<std::uint32_t>(*v);
+}
+
+std::string queue_dir(dev_t dev) {
+  return "/sys/dev/block/" + std::to_string(major(dev)) + ":" + std::to_string(minor(dev)) +
+         "/queue/";
 }
 
 // The queue directory of the disk that holds device `dev`, walking from a partition to its
@@ -158,6 +167,8 @@ ProbeResult probe(const std::string& path, int fd, const ProbeHooks& h) {
     r.size = size;
     if (h.ioctl(fd, BLKSSZGET, &lbs) == 0 && lbs > 0) r.logical_block = lbs;
     if (h.ioctl(fd, BLKPBSZGET, &pbs) == 0 && pbs > 0) r.physical_block = pbs;
+    r.discard_max = sysfs_u64(h, queue_dir(st.st_rdev) + "discard_max_bytes").value_or(0);
+    r.write_zeroes_max = sysfs_u64(h, queue_dir(st.st_rdev) + "write_zeroes_max_bytes").value_or(0);
   } else {
     r.size = static_cast<std::uint64_t>(st.st_size);
     if (auto v = queue_attr(h, st.st_dev, "logical_block_size")) r.logical_block = *v;

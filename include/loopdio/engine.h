@@ -36,6 +36,10 @@ class Engine {
   // Virtual so a test engine can stand in for the kernel.
   virtual int datasync(int fd) noexcept;
   virtual int truncate(int fd, std::uint64_t size) noexcept;
+  virtual int fallocate(int fd, int mode, std::uint64_t off, std::uint64_t len) noexcept;
+  // BLKDISCARD or BLKZEROOUT on a block device.
+  virtual int block_range(int fd, unsigned long request, std::uint64_t off,
+                          std::uint64_t len) noexcept;
 };
 
 // pread/pwritev2 in the calling thread, one op after another.

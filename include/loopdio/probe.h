@@ -27,6 +27,10 @@ struct ProbeResult {
   std::string dio_reason;             // why not, when !dio_supported
   DioAlignment align;                 // valid when dio_supported
   std::string fs_type;                // "ext4", "xfs", "tmpfs", ... or the magic in hex
+  // Block devices only: what the device offloads (queue/discard_max_bytes and
+  // queue/write_zeroes_max_bytes; 0 = not supported, the kernel would write zeroes itself).
+  std::uint64_t discard_max = 0;
+  std::uint64_t write_zeroes_max = 0;
 };
 
 // Kernel entry points used by probe(); each returns -1 with errno set on failure, like libc.
