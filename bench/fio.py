@@ -1,0 +1,110 @@
+# The workloads and how one fio run is made and read: fio is our child, so its own CPU time
+# and context switches come from wait4() too (the only cost there is for the loop device and
+# raw-file rows). Also the page-cache footprint of the image (fincore) and dropping caches.
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+
+from targets import reap, spawn
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    rw: str
+    bs: str
+    iodepth: int
+    jobs: int = 1
+
+    @property
+    def unit(self):     # what the plots and the ratios compare
+        return "MiB/s" if self.bs == "1m" else "IOPS"
+
+    @property
+    def writes(self):
+        return "write" in self.rw
+
+
+WORKLOADS = [
+    Workload("randread-4k-qd1", "randread", "4k", 1),
+    Workload("randread-4k-qd32", "randread", "4k", 32),
+    Workload("randwrite-4k-qd32", "randwrite", "4k", 32),
+    Workload("read-1m-qd8", "read", "1m", 8),
+    Workload("write-1m-qd8", "write", "1m", 8),
+    Workload("randread-4k-qd32-4conn", "randread", "4k", 32, 4),
+]
+FULL_READ = Workload("full-read-1m-qd8", "read", "1m", 8)
+
+
+class FioFailed(Exception):
+    pass
+
+
+def fio_args(w, runtime):
+    """Random workloads run for `runtime`; sequential ones make at most one pass over the
+    image within it, so a caching server never re-reads its own cache (cold cache)."""
+    a = [f"--name={w.name}", "--output-format=json", f"--rw={w.rw}", f"--bs={w.bs}",
+         f"--iodepth={w.iodepth}", f"--numjobs={w.jobs}", "--group_reporting"]
+    if runtime is not None:
+        a.append(f"--runtime={round(runtime * 1000)}ms")
+        if w.rw.startswith("rand"):
+            a += ["--time_based", "--norandommap"]
+    if w.writes:
+        a.append("--end_fsync=1")   # the flush is inside fio's runtime, so inside MiB/s
+    return a
+
+
+def run_fio(w, runtime, target_args, cwd):
+    """Runs fio and returns its figures plus the fio process's own CPU and switches."""
+    out_path, err_path = os.path.join(cwd, "fio.out"), os.path.join(cwd, "fio.err")
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        p = spawn(["fio", *fio_args(w, runtime), *target_args], cwd=cwd, stdout=out, stderr=err)
+    code, ru = reap(p, timeout=None)
+    out, err = (open(f, errors="replace").read() for f in (out_path, err_path))
+    if code != 0 or "{" not in out:
+        raise FioFailed(f"fio exit {code}: {(err or out).strip()[-300:]}")
+    job = json.loads(out[out.index("{"):])["jobs"][0]   # fio prints 'connected' first
+    if job["error"]:
+        raise FioFailed(f"fio job error {job['error']}: {err.strip()[-300:]}")
+    r = parse_job(job, "write" if w.writes else "read")
+    r["fio_cpu_s"] = ru.ru_utime + ru.ru_stime
+    r["fio_csw"] = ru.ru_nvcsw + ru.ru_nivcsw
+    return r
+
+
+def parse_job(job, ddir):
+    d = job[ddir]
+    if d["total_ios"] == 0:
+        raise FioFailed(f"fio did no {ddir}s")
+    pct = d["clat_ns"].get("percentile", {})
+    return {
+        "iops": d["iops"],
+        "mibs": d["bw_bytes"] / 2**20,
+        "p99_us": pct.get("99.000000", 0) / 1000,
+        "mean_us": d["lat_ns"]["mean"] / 1000,
+        "ios": d["total_ios"],
+        "bytes": d["io_bytes"],
+        "runtime_ms": d["runtime"],
+    }
+
+
+def drop_caches():
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def cached_bytes(path):
+    r = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "-o", "RES", path],
+                       capture_output=True, text=True, check=True)
+    return int(r.stdout.split()[0])
+
+
+def write_image(path, size):
+    """A freshly written, fully allocated image (fio's buffers are not zeroes)."""
+    subprocess.run(["fio", "--name=fill", f"--filename={path}", f"--size={size}",
+                    "--rw=write", "--bs=1m", "--iodepth=8", "--ioengine=libaio", "--direct=1",
+                    "--end_fsync=1", "--output-format=terse"],
+                   check=True, stdout=subprocess.DEVNULL)
