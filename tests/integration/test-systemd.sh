@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# The systemd units as systemd would run them: `systemd-analyze verify` and `security` on the
+# instance loopdio@test, then the service's own ExecStart, expanded from a conf made from the
+# shipped example, socket-activated on a Unix socket and TCP, serving a pattern (plain, then TLS).
+source "$(dirname "$0")/lib.sh"
+require_root
+require systemd-analyze systemd-socket-activate nbdkit psktool cmp
+
+SRC=${LOOPDIO_SOURCE:-$(cd "$TESTS_DIR/../.." && pwd)}
+NAME="test"
+mkdir "$T/units" "$T/etc"
+# The only change to the units: the conf directory, so that the test needs no /etc/loopdio.
+for u in loopdio@.socket loopdio@.service; do
+  sed "s#/etc/loopdio/#$T/etc/#g" "$SRC/systemd/$u" >"$T/units/$u"
+done
+template=$T/units/loopdio@.service
+unit=$T/units/loopdio@$NAME.service  # an instance: systemd loads the template next to it
+
+systemd-analyze verify "$T/units/loopdio@$NAME.socket" "$unit" >"$T/verify.out" 2>&1 ||
+  { cat "$T/verify.out"; fail "systemd-analyze verify"; }
+[ ! -s "$T/verify.out" ] || { cat "$T/verify.out"; fail "systemd-analyze verify warns"; }
+pass "systemd-analyze verify loopdio@$NAME.socket loopdio@$NAME.service: no warnings"
+
+# Exposure 0.0 (locked down) to 10.0 (no sandbox), in tenths for --threshold.
+systemd-analyze security --offline=yes --threshold=10 "$unit" >"$T/security.out" 2>&1 ||
+  { grep -E '✗|Overall' "$T/security.out"; fail "the sandbox got weaker (exposure above 1.0)"; }
+pass "systemd-analyze security: $(grep -o 'exposure level.*' "$T/security.out")"
+
+# unit_argv CONF: the service's ExecStart as systemd expands it from Environment= and the conf
+# (EnvironmentFile=): $T/argv gets the words, $T/env the environment, NUL-separated.
+unit_argv() {
+  $PYTHON - "$template" "$1" "$NAME" "$T/argv" "$T/env" <<'PY' || fail "cannot expand ExecStart"
+import re, shlex, sys
+unit, conf, instance, argv_out, env_out = sys.argv[1:]
+keys = {}
+for line in open(unit):
+    k, _, v = line.strip().partition("=")
+    keys.setdefault(k, []).append(v.replace("%i", instance).replace("%%", "%"))
+env = dict(w.split("=", 1) for w in shlex.split(keys["Environment"][0]))
+assert keys["EnvironmentFile"] == [conf], keys["EnvironmentFile"]
+for line in open(conf):
+    line = line.strip()
+    if line and line[0] not in "#;":
+        k, v = line.split("=", 1)
+        env[k] = " ".join(shlex.split(v))  # quotes, as systemd strips them
+words = []
+for w in shlex.split(keys["ExecStart"][0].lstrip("-@:+!")):
+    if re.fullmatch(r"\$\w+", w):        # $VAR: the value split at whitespace
+        words += env.get(w[1:], "").split()
+    else:                                # ${VAR}: the value, in this one word
+        words.append(re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), ""), w))
+open(argv_out, "w").write("\0".join(words))
+open(env_out, "w").write("\0".join(f"{k}={v}" for k, v in env.items()))
+PY
+}
+
+# activate CONF: what the socket unit and systemd do: listen, and on the first connection
+# start the service's ExecStart with LISTEN_FDS and only the unit's environment.
+activate() {
+  local argv env e setenv=()
+  unit_argv "$1"
+  mapfile -d '' argv <"$T/argv"
+  mapfile -d '' env <"$T/env"
+  for e in "${env[@]}" ${LOOPDIO_PRELOAD:+LD_PRELOAD="$LOOPDIO_PRELOAD"}; do setenv+=(-E "$e"); done
+  PORT=$($PYTHON -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  SOCK=$T/$NAME.sock
+  rm -f "$SOCK"
+  systemd-socket-activate -l "$SOCK" -l "127.0.0.1:$PORT" "${setenv[@]}" -- "${argv[@]}" \
+    2>"$T/activate.log" &
+  SD_PID=$!
+  at_exit "kill $SD_PID"
+  for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
+  [ -S "$SOCK" ] || { cat "$T/activate.log"; fail "systemd-socket-activate did not listen"; }
+  [ "$(readlink "/proc/$SD_PID/exe")" != /usr/bin/nbdkit ] || fail "nbdkit started before any client"
+  echo "ExecStart: ${argv[*]}"
+}
+
+mnt=$(make_fs ext4 64M)
+img=$mnt/$NAME.img
+truncate -s 16M "$img"
+psktool -u "$NAME" -p "$T/etc/$NAME.psk" >/dev/null
+
+# serve ROUND [TLS]: clients through both sockets; with TLS, a client without it is refused.
+serve() {
+  local round=$1 psk=${2:-}
+  $PYTHON - "$SOCK" "$PORT" "$img" "$psk" "$NAME" "$round" "$T/pattern" <<'PY' || fail "$round: clients"
+import random, sys, nbd
+sock, port, img, psk, user, rnd, pattern_out = sys.argv[1:]
+def handle(tls):
+    h = nbd.NBD()
+    h.set_full_info(True)
+    if tls:
+        h.set_tls(nbd.TLS_REQUIRE)
+        h.set_tls_psk_file(psk)
+        h.set_tls_username(user)
+    else:
+        h.set_tls(nbd.TLS_DISABLE)
+    return h
+if psk:
+    h = handle(False)
+    try:
+        h.connect_unix(sock)
+        raise AssertionError("a client without TLS was served")
+    except nbd.Error as e:
+        assert "requires TLS" in str(e), e
+        print(f"{rnd}: refused without TLS: {e}")
+h = handle(psk)
+h.connect_unix(sock)
+assert h.get_tls_negotiated() == bool(psk)
+desc = h.get_export_description()
+print(f"{rnd}: {desc}")
+assert desc.startswith(f"loopdio: {img} (ext4 file") and "direct I/O on" in desc, desc
+data = random.Random(rnd).randbytes((1 << 20) + 1536)
+h.pwrite(data, 69632)
+h.flush()
+assert h.pread(len(data), 69632) == data, "read back through the Unix socket"
+h.shutdown()
+h = handle(psk)
+h.connect_tcp("127.0.0.1", port)
+assert h.pread(len(data), 69632) == data, "read back through TCP"
+h.shutdown()
+open(pattern_out, "wb").write(data)
+PY
+  [ "$(readlink "/proc/$SD_PID/exe")" = /usr/bin/nbdkit ] || fail "$round: not nbdkit"
+  kill "$SD_PID"
+  wait "$SD_PID" || fail "$round: nbdkit exited with $?"
+  cmp -n "$(stat -c %s "$T/pattern")" -i 0:69632 "$T/pattern" "$img" || fail "$round: image"
+  if grep -i error "$T/activate.log"; then fail "$round: nbdkit logged errors"; fi
+}
+
+# The example conf as shipped, with only IMAGE and PLUGIN set.
+sed -e "s#^IMAGE=.*#IMAGE=$img#" -e "s#^\#PLUGIN=.*#PLUGIN=$PLUGIN#" \
+  "$SRC/systemd/example.conf" >"$T/etc/$NAME.conf"
+activate "$T/etc/$NAME.conf"
+serve plain
+pass "socket-activated ExecStart of the example conf: pattern through Unix socket and TCP"
+
+# The remote recipe: TLS with a PSK, several words in each of NBDKIT_ARGS and PLUGIN_ARGS.
+cat >"$T/etc/$NAME.conf" <<EOF
+IMAGE=$img
+PLUGIN=$PLUGIN
+PLUGIN_ARGS=directio=1 aio=io_uring
+NBDKIT_ARGS="--tls=require --tls-psk=$T/etc/$NAME.psk --threads=8"
+EOF
+activate "$T/etc/$NAME.conf"
+serve tls "$T/etc/$NAME.psk"
+pass "socket-activated ExecStart with TLS: refused without TLS, pattern with the PSK"
