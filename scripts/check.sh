@@ -1,11 +1,27 @@
 #!/usr/bin/env bash
 # The whole test suite: install what is missing, build (warnings are errors), run the unit
-# and integration tests, then the sanitizer builds. Run as root: the integration tests make
+# and integration tests, then an ASan+UBSan build and a TSan build, each running the unit
+# tests and the data-integrity integration tests. Run as root: the integration tests make
 # loop devices and filesystems. `.ci/run` calls exactly this.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 "$top/scripts/deps.sh"
-"$top/scripts/build.sh"
+
+run_suite() {  # run_suite BUILD-DIR CTEST-ARGS... [-- CMAKE-ARGS...]
+  local dir=$1 ctest_args=() cmake_args=()
+  shift
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do ctest_args+=("$1"); shift; done
+  [ "${1:-}" = -- ] && shift
+  cmake_args=("$@")
+  echo "=== $(basename "$dir"): build ${cmake_args[*]}"
+  LOOPDIO_BUILD_DIR=$dir "$top/scripts/build.sh" "${cmake_args[@]}"
+  echo "=== $(basename "$dir"): ctest ${ctest_args[*]}"
+  (cd "$dir" && ctest --output-on-failure --timeout 1200 "${ctest_args[@]}")
+}
+
 build=${LOOPDIO_BUILD_DIR:-$top/build}
-cd "$build"
-ctest --output-on-failure --timeout 1200 ${LOOPDIO_CTEST_ARGS:-}
+run_suite "$build" ${LOOPDIO_CTEST_ARGS:-}
+[ "${LOOPDIO_SKIP_SANITIZERS:-}" = 1 ] && exit 0
+run_suite "$build-asan" -L "unit|data" -- -DLOOPDIO_SANITIZE=address,undefined
+run_suite "$build-tsan" -L "unit|data" -- -DLOOPDIO_SANITIZE=thread
+echo "=== all tests passed"

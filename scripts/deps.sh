@@ -9,7 +9,7 @@ packages=(
   libboost-program-options-dev googletest libgtest-dev libfuse3-dev
   # run and test
   nbdkit libnbd-bin python3-libnbd nbd-client qemu-utils fio xfsprogs e2fsprogs util-linux
-  fuse3 gnutls-bin systemd procps psmisc kmod strace
+  fuse3 gnutls-bin systemd systemd-container procps psmisc kmod strace
   # the kernel-client test: a Debian kernel booted under qemu
   qemu-system-x86 busybox-static cpio
   # benchmark plots

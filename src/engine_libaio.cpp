@@ -15,6 +15,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -44,10 +45,13 @@ struct Waiter {
   std::atomic<std::size_t> pending;
 };
 
+// One iocb and whom its completion belongs to. The owner fills it before io_submit and any
+// thread may complete it; the handoff runs through the kernel, which a race detector cannot
+// see, so the owner publishes with release stores that the completing thread acquires.
 struct Slot {
   struct iocb cb;
-  IoOp* op;
-  Waiter* waiter;
+  std::atomic<IoOp*> op;
+  std::atomic<Waiter*> waiter;
 };
 
 // This thread's eventfd, created at its first request and closed when the thread exits.
@@ -59,13 +63,13 @@ int thread_eventfd() {
 // This thread's iocbs; reused from request to request, only ever grown while none is in
 // flight.
 struct ThreadSlots {
-  std::vector<Slot> slots;
+  std::unique_ptr<Slot[]> slots;
   std::vector<struct iocb*> ptrs;
 };
 ThreadSlots& thread_slots(std::size_t n) {
   thread_local ThreadSlots t;
-  if (t.slots.size() < n) {
-    t.slots.resize(n);
+  if (t.ptrs.size() < n) {
+    t.slots = std::make_unique<Slot[]>(n);
     t.ptrs.resize(n);
   }
   return t;
@@ -116,8 +120,8 @@ class LibaioEngine final : public Engine {
     s.cb.aio_rw_flags = op.dsync ? RWF_DSYNC : 0;
     io_set_eventfd(&s.cb, efd);
     s.cb.data = &s;
-    s.op = &op;
-    s.waiter = &w;
+    s.op.store(&op, std::memory_order_release);
+    s.waiter.store(&w, std::memory_order_release);
     ptr = &s.cb;
   }
 
@@ -137,7 +141,7 @@ class LibaioEngine final : public Engine {
       } else if (r != -EINTR) {
         // The kernel refused the first remaining iocb (EINVAL, EBADF, ...): it has failed.
         auto* s = static_cast<Slot*>(ptrs[done]->data);
-        s->op->result = r;
+        s->op.load(std::memory_order_relaxed)->result = r;
         w.pending.fetch_sub(1, std::memory_order_release);
         ++done;
       }
@@ -167,9 +171,10 @@ class LibaioEngine final : public Engine {
 
   static void complete(const struct io_event& ev) {
     auto* s = static_cast<Slot*>(ev.data);
-    s->op->result = static_cast<long>(ev.res);
+    Waiter* w = s->waiter.load(std::memory_order_acquire);
+    s->op.load(std::memory_order_acquire)->result = static_cast<long>(ev.res);
     // The last touch of the slot: once pending drops, its owner may reuse it.
-    s->waiter->pending.fetch_sub(1, std::memory_order_release);
+    w->pending.fetch_sub(1, std::memory_order_release);
   }
 
   static void wait_eventfd(int efd) {

@@ -84,7 +84,9 @@ start_server() {
   SOCK=$T/nbd$_nservers.sock
   SERVER_LOG=$T/server$_nservers.log
   URI="nbd+unix:///?socket=$SOCK"
-  nbdkit -f -U "$SOCK" "${opts[@]}" "$PLUGIN" "$@" 2>"$SERVER_LOG" &
+  # LOOPDIO_PRELOAD: the sanitizer runtime a sanitized plugin needs, for nbdkit alone.
+  env ${LOOPDIO_PRELOAD:+LD_PRELOAD="$LOOPDIO_PRELOAD"} \
+    nbdkit -f -U "$SOCK" "${opts[@]}" "$PLUGIN" "$@" 2>"$SERVER_LOG" &
   SERVER_PID=$!
   at_exit "kill $SERVER_PID; wait $SERVER_PID"
   local i
@@ -99,9 +101,18 @@ start_server() {
   fail "nbdkit did not create $SOCK"
 }
 
+# Stops the server; fails when it died on its own (a crash, a sanitizer report).
 stop_server() {
-  kill "$SERVER_PID" 2>/dev/null || true
-  wait "$SERVER_PID" 2>/dev/null || true
+  kill -0 "$SERVER_PID" 2>/dev/null || { cat "$SERVER_LOG" >&2; fail "nbdkit died"; }
+  kill "$SERVER_PID"
+  local rc=0
+  wait "$SERVER_PID" || rc=$?
+  # nbdkit exits 0 on SIGTERM; a sanitizer that found something exits otherwise.
+  [ $rc -eq 0 ] || [ $rc -eq 143 ] || { cat "$SERVER_LOG" >&2; fail "nbdkit exited with $rc"; }
+  if grep -qE "ERROR: (Address|Thread|Undefined)Sanitizer|WARNING: ThreadSanitizer|runtime error:" "$SERVER_LOG"; then
+    cat "$SERVER_LOG" >&2
+    fail "sanitizer report"
+  fi
 }
 
 # A file of random bytes: random_file PATH SIZE
