@@ -61,6 +61,25 @@ class FakeEngine : public Engine {
     return 0;
   }
 
+  // Emulates FALLOC_FL_PUNCH_HOLE / ZERO_RANGE (both zero the range here) unless refused.
+  int fallocate(int, int mode, std::uint64_t off, std::uint64_t len) noexcept override {
+    std::lock_guard lk(mu_);
+    falloc_calls_.push_back({mode, off, len});
+    if (refuse_fallocate_mode & mode) return -EOPNOTSUPP;
+    if (off + len > data_.size()) return -EINVAL;
+    std::memset(data_.data() + off, 0, len);
+    return 0;
+  }
+  struct Falloc {
+    int mode;
+    std::uint64_t off, len;
+  };
+  std::vector<Falloc> falloc_calls() {
+    std::lock_guard lk(mu_);
+    return falloc_calls_;
+  }
+  int refuse_fallocate_mode = 0;  // fallocate modes to answer with EOPNOTSUPP
+
   std::vector<char> data() {
     std::lock_guard lk(mu_);
     return data_;
@@ -107,6 +126,7 @@ class FakeEngine : public Engine {
   std::mutex mu_;  // protects everything below
   std::vector<char> data_;
   std::vector<Call> calls_;
+  std::vector<Falloc> falloc_calls_;
   int syncs_ = 0;
   int truncations_ = 0;
 };
