@@ -12,7 +12,7 @@ build=${LOOPDIO_BUILD_DIR:-$top/build}
 image=${1:-}
 [ $# -gt 0 ] && shift
 if [ -z "$image" ]; then
-  image=$build/demo.img
+  image=${LOOPDIO_DEMO_IMAGE:-$build/demo.img}
   if [ ! -f "$image" ]; then
     echo "serve: creating demo image $image (1 GiB, ext4 inside)"
     truncate -s 1G "$image"
@@ -22,14 +22,16 @@ fi
 
 sock=${LOOPDIO_SOCKET:-$build/loopdio.sock}
 rm -f "$sock"
-nbdkit -f --exit-with-parent -U "$sock" -p "${LOOPDIO_PORT:-10809}" "$build/loopdio.so" \
-  file="$image" "$@" &
+port=${LOOPDIO_PORT:-10809}  # 0: no TCP, the Unix socket only
+tcp=(-p "$port")
+[ "$port" = 0 ] && tcp=()
+nbdkit -f --exit-with-parent -U "$sock" "${tcp[@]}" "$build/loopdio.so" file="$image" "$@" &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -f "$sock"' EXIT INT TERM
 for _ in $(seq 100); do [ -S "$sock" ] && break; kill -0 $server 2>/dev/null || exit 1; sleep 0.05; done
 
 nbdinfo "nbd+unix:///?socket=$sock"
 echo
-echo "serving $image on nbd://localhost:${LOOPDIO_PORT:-10809} and nbd+unix:///?socket=$sock"
+echo "serving $image on ${tcp:+nbd://localhost:$port and }nbd+unix:///?socket=$sock"
 echo "(Ctrl-C stops)"
 wait $server
