@@ -95,7 +95,8 @@ def table(med, targets):
 
 
 LEGEND = (
-    "Medians over the repeats. CPU s/GiB and csw/IO are the NBD server process's (user+system "
+    "Medians over the repeats. p99 = fio's completion-latency 99th percentile, mean = its mean "
+    "total latency (submission included). CPU s/GiB and csw/IO are the NBD server process's (user+system "
     "CPU seconds per GiB moved, voluntary+involuntary context switches per I/O, all its threads "
     "counted, from wait4 after it stopped; one server per cell). † = no server: the fio process's "
     "own CPU and switches (for the loop device the kernel's loop workers are NOT counted). "
@@ -135,7 +136,8 @@ def plot(med, targets, outdir, subtitle):
             if m["ok"]:
                 ax.errorbar(b.get_x() + b.get_width() / 2, v, fmt="none", ecolor="black",
                             yerr=[[v - m["min"]], [m["max"] - v]], capsize=3)
-            ax.annotate(f"{v:,.0f}" if m["ok"] else "failed", (b.get_x() + b.get_width() / 2, v),
+            top = m["max"] if m["ok"] else 0      # above the error bar
+            ax.annotate(f"{v:,.0f}" if m["ok"] else "failed", (b.get_x() + b.get_width() / 2, top),
                         ha="center", va="bottom", fontsize=8, xytext=(0, 2),
                         textcoords="offset points")
         ax.set_ylabel(w.unit + " (median, bars: min-max)")

@@ -62,7 +62,8 @@ def machine(a, plugin):
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "nproc": os.cpu_count(),
         "mem_gib": round(mem / 2**30, 1), "kernel": os.uname().release,
-        "fs": sh("findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", a.dir), "dir": a.dir,
+        "fs": " ".join(sh("findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", a.dir).split()),
+        "dir": a.dir, "loadavg_start": os.getloadavg()[0],
         "fio": sh("fio", "--version"), "nbdkit": sh("nbdkit", "--version"),
         "qemu": sh("qemu-nbd", "--version").splitlines()[0], "loopdio": rev, "plugin": plugin,
         "threads": a.threads, "runtime_s": a.runtime, "repeats": a.repeats,
@@ -74,7 +75,8 @@ def header(m):
     return (f"{m['date']} | {m['nproc']} CPUs, {m['mem_gib']} GiB, kernel {m['kernel']} | image "
             f"{m['image_bytes'] / 2**30:g} GiB on {m['fs']} ({m['dir']}) | {m['fio']}, "
             f"{m['nbdkit']}, {m['qemu']} | nbdkit --threads {m['threads']} | "
-            f"{m['runtime_s']:g} s per cell, {m['repeats']} repeat(s), median | loopdio {m['loopdio']}")
+            f"{m['runtime_s']:g} s per cell, {m['repeats']} repeat(s), median | loopdio {m['loopdio']} | "
+            f"load average {m['loadavg_start']:.1f} at start")
 
 
 def run_cell(t, w, runtime, image, a, work):
@@ -135,13 +137,13 @@ def write_results(a, m, ts, cells, foot, elapsed):
     os.makedirs(out)
     med = report.medians(cells, ts)
     head, lines, npass, ngoals = goals.goal_lines(med, foot, ts, a.size)
-    m["elapsed_s"] = round(elapsed)
+    m["elapsed_s"], m["loadavg_end"] = round(elapsed), os.getloadavg()[0]
     md = "\n".join([
         "# loopdio side-by-side benchmark", "", header(m), "",
         report.table(med, ts), "", "## Page cache after one full sequential read (1M, QD8, cold)",
         "", report.footprint_table(foot, ts, a.size), "",
         f"## Evaluation: {npass}/{ngoals} PASS", "", head, "", *lines, "",
-        f"Total time {elapsed:.0f} s."])
+        f"Total time {elapsed:.0f} s; load average {m['loadavg_end']:.1f} at the end."])
     with open(f"{out}/results.md", "w") as f:
         f.write(md + "\n")
     with open(f"{out}/results.json", "w") as f:
