@@ -46,6 +46,15 @@ RangeLock g_locks;                     // shared by every connection
 DrainGate g_gate;                      // every request passes it; a run-time switch drains it
 std::unique_ptr<ControlServer> g_control;
 std::atomic<int> g_connections{0};
+// Connections by the engine they actually use (a fallback shows here, and in `loopdio list`).
+std::atomic<int> g_by_engine[3];
+const char* const kEngineNames[3] = {"libaio", "io_uring", "sync"};
+
+int engine_index(const Engine& e) {
+  for (int i = 0; i < 3; ++i)
+    if (std::strcmp(e.name(), kEngineNames[i]) == 0) return i;
+  return 2;
+}
 
 struct Connection {
   std::unique_ptr<Engine> engine;
@@ -111,8 +120,11 @@ int loopdio_config_complete() {
 
 std::string control_command(std::string_view line) {
   ControlContext ctx{*g_backing, g_gate, [] {
-    return ",\"connections\":" + std::to_string(g_connections.load()) +
-           ",\"in_flight\":" + std::to_string(g_gate.in_flight());
+    std::string s = ",\"connections\":" + std::to_string(g_connections.load()) +
+                    ",\"in_flight\":" + std::to_string(g_gate.in_flight()) + ",\"engines\":{";
+    for (int i = 0; i < 3; ++i)
+      s += std::string(i ? "," : "") + "\"" + kEngineNames[i] + "\":" + std::to_string(g_by_engine[i].load());
+    return s + "}";
   }};
   return handle_control(line, ctx);
 }
@@ -178,12 +190,15 @@ void* loopdio_open(int /*readonly*/) {
     auto c = std::make_unique<Connection>();
     c->engine = make_engine();
     ++g_connections;
+    ++g_by_engine[engine_index(*c->engine)];
     return static_cast<void*>(c.release());
   }, static_cast<void*>(nullptr));
 }
 
 void loopdio_close(void* handle) {
-  delete static_cast<Connection*>(handle);
+  auto* c = static_cast<Connection*>(handle);
+  --g_by_engine[engine_index(*c->engine)];
+  delete c;
   --g_connections;
 }
 

@@ -1,7 +1,8 @@
 // The control socket: a root-only Unix socket on which a running export answers `loopdio
 // list` (its effective state) and `loopdio set` (switch direct I/O live). One request line,
 // one JSON reply line:
-//   status                 -> {"ok":true,"file":...,"dio":true,...}
+//   status                 -> {"ok":true,"file":...,"dio":true,"aio":"libaio",
+//                              "engines":{"libaio":2,"io_uring":0,"sync":1},...}
 //   set direct-io on|off   -> {"ok":true,"dio":false} or {"ok":false,"error":"..."}
 //   flush                  -> {"ok":true} once fdatasync returned
 #pragma once
