@@ -1,0 +1,70 @@
+// nbdkit's command line and start-up; see server.h.
+#include "server.h"
+
+#include <sys/stat.h>
+
+#include <sstream>
+
+#include "control_client.h"
+#include "loopdio/error.h"
+#include "paths.h"
+
+namespace loopdio::cli {
+
+std::vector<std::string> nbdkit_command(const ServerSpec& s, const std::string& plugin) {
+  std::vector<std::string> a = {find_program("nbdkit", nullptr, "apt-get install nbdkit"), "-f"};
+  if (s.exit_with_parent) a.push_back("--exit-with-parent");
+  if (s.read_only) a.push_back("-r");
+  if (!s.unix_socket.empty()) {
+    a.insert(a.end(), {"-U", s.unix_socket});
+  } else {
+    if (s.port) a.insert(a.end(), {"-p", std::to_string(*s.port)});
+    if (!s.bind.empty()) a.insert(a.end(), {"-i", s.bind});
+  }
+  if (!s.tls_psk.empty()) a.insert(a.end(), {"--tls=require", "--tls-psk=" + s.tls_psk});
+  if (!s.tls_certificates.empty())
+    a.insert(a.end(), {"--tls=require", "--tls-certificates=" + s.tls_certificates});
+  if (!s.export_name.empty()) a.push_back("--filter=exportname");
+  a.push_back(plugin);
+
+  const Options& o = s.opts;
+  a.push_back("file=" + o.file);
+  a.push_back(std::string("directio=") + to_string(o.direct_io));
+  a.push_back(std::string("aio=") + to_string(o.engine));
+  if (o.offset) a.push_back("offset=" + std::to_string(o.offset));
+  if (o.sizelimit) a.push_back("sizelimit=" + std::to_string(*o.sizelimit));
+  if (o.sector_size) a.push_back("sector-size=" + std::to_string(o.sector_size));
+  a.push_back("control=" + o.control);
+  if (!s.export_name.empty())
+    a.insert(a.end(), {"exportname-list=explicit", "exportname-strict=true", "exportname=" + s.export_name});
+  return a;
+}
+
+void check_image(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) throw sys_error(path);
+}
+
+std::optional<JsonObject> try_status(const std::string& control) {
+  struct stat st {};
+  if (::lstat(control.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) return std::nullopt;
+  try {
+    JsonObject j = control_request(control, "status", std::chrono::seconds(2));
+    if (j.boolean("ok")) return j;
+  } catch (const Error&) {
+  }
+  return std::nullopt;
+}
+
+std::string nbdkit_error(const std::string& output) {
+  std::istringstream in(output);
+  std::string line, last, error;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    last = line;
+    if (auto p = line.find("error: "); p != std::string::npos) error = line.substr(p + 7);
+  }
+  return error.empty() ? last : error;
+}
+
+}  // namespace loopdio::cli

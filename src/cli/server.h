@@ -1,0 +1,46 @@
+// Starting nbdkit with the loopdio plugin: the command line for an export (always with
+// control=, so that list and set can reach it), the readiness check (the control socket
+// answers only once nbdkit has opened the image and bound its sockets), and nbdkit's own
+// error message when it refuses to start.
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "json.h"
+#include "loopdio/options.h"
+
+namespace loopdio::cli {
+
+struct ServerSpec {
+  Options opts;                 // file (absolute), plugin options and control
+  bool read_only = false;       // nbdkit -r
+  std::string unix_socket;      // nbdkit -U
+  std::optional<unsigned> port; // nbdkit -p
+  std::string bind;             // nbdkit -i
+  std::string export_name;      // only this name is served (the exportname filter, strict)
+  std::string tls_psk;          // --tls-psk=FILE
+  std::string tls_certificates; // --tls-certificates=DIR
+  bool exit_with_parent = false;
+};
+
+// The whole argv, starting with the nbdkit program.
+std::vector<std::string> nbdkit_command(const ServerSpec& spec, const std::string& plugin);
+
+// The image must exist and be reachable before nbdkit is bothered with it: a missing
+// image is loopdio's own one-line error.
+void check_image(const std::string& path);
+
+// The server's status once its control socket answers, nullopt while it does not yet.
+std::optional<JsonObject> try_status(const std::string& control);
+
+// The message of the last error nbdkit printed ("nbdkit: loopdio[1]: error: offset=...:
+// ..." gives "offset=...: ..."), or, failing that, its last line; empty for no output.
+std::string nbdkit_error(const std::string& output);
+
+// How long nbdkit may take to open and probe the image before loopdio gives up.
+constexpr std::chrono::seconds kStartTimeout{60};
+
+}  // namespace loopdio::cli

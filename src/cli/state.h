@@ -1,0 +1,100 @@
+// The state files: one JSON file per export started by loopdio, under the run directory
+// (/run/loopdio/<name>.json), next to that export's control socket (<name>.ctl) and, for an
+// attached device, its private NBD socket and server log. `list`, `set` and `detach` find
+// exports only through them; a file whose server is gone is stale and is removed.
+#pragma once
+
+#include <sys/types.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "json.h"
+#include "loopdio/options.h"
+#include "loopdio/unique_fd.h"
+
+namespace loopdio::cli {
+
+struct ExportState {
+  std::string name;         // the file stem: "nbd0" (attach) or "serve-<pid>" (serve)
+  std::string kind;         // "device" or "socket"
+  std::string device;       // /dev/nbd0, for kind "device"
+  std::string socket;       // the Unix socket clients use; empty for a TCP export
+  std::string uri;          // how a client reaches the export
+  std::string control;      // the plugin's control socket
+  std::string log;          // nbdkit's log file; empty when it logs to serve's terminal
+  pid_t pid = 0;            // nbdkit
+  pid_t owner = 0;          // the foreground `loopdio serve`; 0 for attach
+  Options requested;        // file and plugin options as asked for
+  bool read_only = false;   // -r
+  int connections = 1;      // nbd-client -C
+  std::string export_name;  // serve --export-name
+
+  // The NAME column: the device, else the socket, else the URI.
+  std::string display_name() const;
+  // The argument that identifies this export's nbdkit among all processes.
+  std::string marker() const { return "control=" + control; }
+  bool alive() const;
+
+  JsonObject to_json() const;
+  static ExportState from_json(const JsonObject& j);
+};
+
+class StateDir {
+ public:
+  StateDir();
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name, const std::string& suffix) const;
+
+  // Creates the directory (mode 0755) if needed; says what to do when it cannot.
+  void create() const;
+  // Every readable state file, live or not, sorted by name. Unreadable files are skipped
+  // with a warning on stderr.
+  std::vector<ExportState> load_all() const;
+  // Writes atomically (a temporary file renamed over the old one).
+  void save(const ExportState& s) const;
+  // Removes the state file and what belongs to the export: control socket, log, and a
+  // socket of loopdio's own (attach) or one nbdkit left behind.
+  void remove(const ExportState& s) const;
+
+  // Removes stale state (a server that is gone) and returns the live exports. A device
+  // whose server is gone is reported on stderr: the kernel still holds it.
+  std::vector<ExportState> live();
+  // The live export that `target` names: its name, device (/dev/nbd0 or nbd0), socket
+  // path, URI, or control socket. Throws loopdio::Error when none does.
+  ExportState find(const std::string& target);
+
+ private:
+  std::string path_;
+};
+
+// A state file that exists exactly as long as its export: saved on construction, removed
+// (with the export's sockets and log) on destruction unless keep() was called.
+class StateGuard {
+ public:
+  StateGuard(const StateDir& dir, ExportState s);
+  StateGuard(const StateGuard&) = delete;
+  StateGuard& operator=(const StateGuard&) = delete;
+  ~StateGuard();
+  void update(const ExportState& s);  // saves it again
+  void keep() { kept_ = true; }
+
+ private:
+  const StateDir& dir_;
+  ExportState state_;
+  bool kept_ = false;
+};
+
+// An exclusive flock on <run dir>/.lock for as long as it lives: attach, detach, serve's
+// bookkeeping and the stale-state sweep take turns. Taken only when the directory can be
+// written (a user who may only read still gets `list`).
+class StateLock {
+ public:
+  explicit StateLock(const StateDir& dir);
+
+ private:
+  UniqueFd fd_;
+};
+
+}  // namespace loopdio::cli
