@@ -84,6 +84,8 @@ echo $((size / 512)) >"$sys/$n/size"
 SH
 chmod +x "$T/nbd-client"
 at_exit "for p in $T/sys/block/*/pid; do kill \$(cat \$p); done"
+# A test that fails half-way leaves attached servers: stop them, by the pids in the state.
+at_exit "for f in $T/run/*.json; do kill \$(sed -n 's/.*\"pid\":\([0-9]*\).*/\1/p' \$f); done"
 
 # expect_error RC "message part" COMMAND...: exactly one line on stderr, "loopdio: ...".
 expect_error() {
