@@ -46,6 +46,7 @@ RangeLock g_locks;                     // shared by every connection
 DrainGate g_gate;                      // every request passes it; a run-time switch drains it
 std::unique_ptr<ControlServer> g_control;
 std::atomic<int> g_connections{0};
+std::atomic<bool> g_readonly_open{false};  // a connection was opened read-only (nbdkit -r)
 // Connections by the engine they actually use (a fallback shows here, and in `loopdio list`).
 std::atomic<int> g_by_engine[3];
 const char* const kEngineNames[3] = {"libaio", "io_uring", "sync"};
@@ -120,11 +121,17 @@ int loopdio_config_complete() {
 
 std::string control_command(std::string_view line) {
   ControlContext ctx{*g_backing, g_gate, [] {
-    std::string s = ",\"connections\":" + std::to_string(g_connections.load()) +
+    std::string s = std::string(",\"served_readonly\":") +
+                    (g_readonly_open || !g_backing->writable() ? "true" : "false") + ",\"connections\":" + std::to_string(g_connections.load()) +
                     ",\"in_flight\":" + std::to_string(g_gate.in_flight()) + ",\"engines\":{";
-    for (int i = 0; i < 3; ++i)
-      s += std::string(i ? "," : "") + "\"" + kEngineNames[i] + "\":" + std::to_string(g_by_engine[i].load());
-    return s + "}";
+    std::string in_use;  // "libaio", "libaio+sync" after a fallback; the request when idle
+    for (int i = 0; i < 3; ++i) {
+      int n = g_by_engine[i].load();
+      s += std::string(i ? "," : "") + "\"" + kEngineNames[i] + "\":" + std::to_string(n);
+      if (n) in_use += (in_use.empty() ? "" : "+") + std::string(kEngineNames[i]);
+    }
+    if (in_use.empty()) in_use = to_string(g_opts.engine);
+    return s + "},\"aio_in_use\":" + json_string(in_use);
   }};
   return handle_control(line, ctx);
 }
@@ -137,6 +144,11 @@ int loopdio_get_ready() {
       notice("direct I/O off, serving buffered: " + g_backing->direct_reason());
     if (!g_backing->writable()) notice("serving " + g_opts.file + " read-only: " + g_backing->readonly_reason());
     g_io = std::make_unique<AlignedIo>(g_backing->geometry(), g_locks);
+    if (g_backing->probe().fs_type == "fuse") {
+      // The kernel hands RWF_DSYNC to the FUSE server as a flag it may ignore.
+      g_io->use_fdatasync_for_fua();
+      notice("FUSE backing: FUA is a write followed by fdatasync");
+    }
     const ProbeResult& p = g_backing->probe();
     SpaceSupport sup;
     sup.block_device = p.is_block_device;
@@ -185,7 +197,8 @@ std::unique_ptr<Engine> make_engine() {
   return make_sync_engine();
 }
 
-void* loopdio_open(int /*readonly*/) {
+void* loopdio_open(int readonly) {
+  g_readonly_open = readonly != 0;
   return guarded("open", [] {
     auto c = std::make_unique<Connection>();
     c->engine = make_engine();

@@ -57,11 +57,12 @@ ControlServer::ControlServer(std::string path, Handler handler)
 }
 
 ControlServer::~ControlServer() {
-  if (thread_.joinable()) {
-    char c = 0;
-    (void)!::write(stop_write_.get(), &c, 1);
-    thread_.join();
-  }
+  // Only the process that serves the socket removes it: when nbdkit forks into the
+  // background, the parent that exits must leave the child's socket alone.
+  if (!thread_.joinable()) return;
+  char c = 0;
+  (void)!::write(stop_write_.get(), &c, 1);
+  thread_.join();
   ::unlink(path_.c_str());
 }
 

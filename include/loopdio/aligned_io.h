@@ -73,6 +73,10 @@ class AlignedIo {
             bool fua) noexcept;
   int flush(Engine& e, const IoMode& m) noexcept;
 
+  // Makes FUA a write followed by fdatasync instead of RWF_DSYNC, for backings that do not
+  // honour the flag (a FUSE server may ignore O_DSYNC).
+  void use_fdatasync_for_fua() { dsync_ok_.store(false); }
+
  private:
   int write_locked(Engine& e, const IoMode& m, const WritePlan& p, const char* buf,
                    std::size_t len, std::uint64_t foff, bool fua);

@@ -22,7 +22,8 @@ const CommandHelp kHelp = {
     "list", "[--json]",
     "Lists every export started by loopdio (attached devices and served sockets), with the\n"
     "state each server reports now: NAME (device, socket or URI), BACK-FILE, OFFSET,\n"
-    "SIZELIMIT (0: to the end), RO, DIO (direct I/O in effect), AIO (engine), LOG-SEC\n"
+    "SIZELIMIT (0: to the end), RO, DIO (direct I/O in effect), AIO (the engines in use,\n"
+    "e.g. libaio+sync after a fallback; the one asked for while idle), LOG-SEC\n"
     "(minimum block size), CONNS (client connections now), PID (the server). An export\n"
     "whose server is gone is removed, not listed.\n"};
 
@@ -37,9 +38,13 @@ JsonObject row(const ExportState& s, bool& unanswered) {
   try {
     JsonObject st = control_call(s.control, "status", 5s);
     r.set("back-file", st.str("file")).set("offset", st.num("offset"));
-    // nbdkit -r makes the export read-only without the plugin knowing: either counts.
-    r.set("sizelimit", st.num_or("sizelimit", 0)).set("ro", st.boolean("readonly") || s.read_only);
-    r.set("dio", st.boolean("dio")).set("aio", st.str("aio")).set("log-sec", st.num("log_sec"));
+    // served_readonly also counts nbdkit -r; the state file's read_only covers a server that
+    // has had no connection yet.
+    bool ro = st.opt_boolean("served_readonly").value_or(st.boolean("readonly")) || s.read_only;
+    r.set("sizelimit", st.num_or("sizelimit", 0)).set("ro", ro);
+    // The engines the connections really use (a fallback shows), else the one asked for.
+    r.set("dio", st.boolean("dio")).set("aio", st.str_or("aio_in_use", st.str("aio")));
+    r.set("log-sec", st.num("log_sec"));
     r.set("conns", st.num_or("connections", 0)).set("pid", st.num("pid"));
     if (auto engines = st.value("engines")) r.set("engines", *engines);  // connections by engine
   } catch (const Error& e) {
