@@ -54,18 +54,6 @@ struct Slot {
   std::atomic<Waiter*> waiter;
 };
 
-// Requests of this process waiting for their I/O. One that is alone polls the completion
-// ring for a while before it sleeps: at queue depth 1 the wake-up is a large part of the
-// latency, and the CPU has nothing else to do meanwhile. With company it sleeps at once.
-std::atomic<int> g_waiting{0};
-constexpr std::int64_t kSpinNs = 50'000;
-
-std::int64_t now_ns() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1'000'000'000LL + ts.tv_nsec;
-}
-
 // This thread's eventfd, created at its first request and closed when the thread exits.
 int thread_eventfd() {
   thread_local UniqueFd efd(::eventfd(0, EFD_CLOEXEC));
@@ -116,14 +104,11 @@ class LibaioEngine final : public Engine {
     Waiter w{ops.size()};
     for (std::size_t i = 0; i < ops.size(); ++i) prepare(t->slots[i], ops[i], w, efd, t->ptrs[i]);
     submit(t->ptrs.data(), ops.size(), w, efd);
-    bool alone = g_waiting.fetch_add(1, std::memory_order_relaxed) == 0;
-    if (alone && user_reap_) spin(w);
     while (w.pending.load(std::memory_order_acquire) > 0) {
       reap();
       if (w.pending.load(std::memory_order_acquire) == 0) break;
       wait_eventfd(efd);
     }
-    g_waiting.fetch_sub(1, std::memory_order_relaxed);
   }
 
  private:
@@ -161,20 +146,6 @@ class LibaioEngine final : public Engine {
         ++done;
       }
     }
-  }
-
-  // Polls the user-mapped ring until w is done or kSpinNs have passed.
-  void spin(Waiter& w) {
-    const auto* ring = reinterpret_cast<const AioRing*>(ctx_);
-    const std::int64_t deadline = now_ns() + kSpinNs;
-    do {
-      if (__atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE) !=
-          __atomic_load_n(&ring->head, __ATOMIC_RELAXED)) {
-        reap();
-        if (w.pending.load(std::memory_order_acquire) == 0) return;
-      }
-      __builtin_ia32_pause();
-    } while (now_ns() < deadline);
   }
 
   // Consumes every completion in the ring and hands each to its owner.
