@@ -28,7 +28,8 @@ def parse_args():
     p.add_argument("--quick", action="store_true", help="256M image, 0.3 s cells, 1 repeat")
     p.add_argument("--dir", default="/var/tmp", help="where the image lives (its filesystem)")
     p.add_argument("--plugin", help="loopdio.so to use (default: build with scripts/build.sh)")
-    p.add_argument("--threads", type=int, default=32, help="nbdkit --threads for every nbdkit")
+    p.add_argument("--threads", type=int, default=16,
+                   help="nbdkit --threads for every nbdkit (default: nbdkit's own default)")
     p.add_argument("--runtime", type=float, help="seconds per cell (default 3, quick 0.3)")
     p.add_argument("--repeats", type=int, help="repeats per cell (default 3, quick 1)")
     p.add_argument("--size", help="image size (default 4G, quick 512M)")
