@@ -37,39 +37,54 @@ void redirect(int target, int fd, int devnull) {
     ::dup2(from, target);
 }
 
-[[noreturn]] void exec_child(char* const* argv, const SpawnOptions& o, int devnull, int report) {
+// The child's state before exec: signals as at birth, the umask and the three streams.
+void child_setup(const SpawnOptions& o, int devnull) {
   sigset_t none;
   sigemptyset(&none);
   ::sigprocmask(SIG_SETMASK, &none, nullptr);
   ::signal(SIGPIPE, SIG_DFL);
-  if (o.new_session) ::setsid();
   if (o.umask) ::umask(*o.umask);
   redirect(STDIN_FILENO, o.in, devnull);
   redirect(STDOUT_FILENO, o.out, devnull);
   redirect(STDERR_FILENO, o.err, devnull);
+}
+
+[[noreturn]] void exec_child(char* const* argv, const SpawnOptions& o, int devnull, int report) {
+  if (o.new_session) ::setsid();
+  child_setup(o, devnull);
   ::execvp(argv[0], argv);
   int e = errno;
   (void)!::write(report, &e, sizeof e);
   ::_exit(127);
 }
 
+// What the parent prepares before fork, so that the child only makes async-signal-safe
+// calls: argv as C strings, /dev/null, and a pipe on which the child reports exec's failure.
+struct ExecPrep {
+  explicit ExecPrep(const std::vector<std::string>& argv) {
+    for (const std::string& a : argv) av.push_back(const_cast<char*>(a.c_str()));
+    av.push_back(nullptr);
+    devnull.reset(::open("/dev/null", O_RDWR | O_CLOEXEC));
+    if (!devnull) throw sys_error("/dev/null");
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) != 0) throw sys_error("pipe");
+    report_read.reset(p[0]);
+    report_write.reset(p[1]);
+  }
+  std::vector<char*> av;
+  UniqueFd devnull, report_read, report_write;
+};
+
 }  // namespace
 
 Child Child::spawn(const std::vector<std::string>& argv, const SpawnOptions& opts) {
-  std::vector<char*> av;
-  for (const std::string& a : argv) av.push_back(const_cast<char*>(a.c_str()));
-  av.push_back(nullptr);
-  UniqueFd devnull(::open("/dev/null", O_RDWR | O_CLOEXEC));
-  if (!devnull) throw sys_error("/dev/null");
-  int p[2];
-  if (::pipe2(p, O_CLOEXEC) != 0) throw sys_error("pipe");
-  UniqueFd report_read(p[0]), report_write(p[1]);
-
+  ExecPrep prep(argv);
+  UniqueFd& report_read = prep.report_read;
   pid_t pid = ::fork();
   if (pid < 0) throw sys_error("fork");
-  if (pid == 0) exec_child(av.data(), opts, devnull.get(), report_write.get());
+  if (pid == 0) exec_child(prep.av.data(), opts, prep.devnull.get(), prep.report_write.get());
 
-  report_write.reset();
+  prep.report_write.reset();
   int e = 0;
   ssize_t n;
   do {
@@ -102,16 +117,7 @@ struct DetachReport {
     struct timespec ts = {0, 1000000};
     ::nanosleep(&ts, nullptr);
   }
-  SpawnOptions g = o;
-  g.new_session = false;  // done above
-  sigset_t none;
-  sigemptyset(&none);
-  ::sigprocmask(SIG_SETMASK, &none, nullptr);
-  ::signal(SIGPIPE, SIG_DFL);
-  if (g.umask) ::umask(*g.umask);
-  redirect(STDIN_FILENO, g.in, devnull);
-  redirect(STDOUT_FILENO, g.out, devnull);
-  redirect(STDERR_FILENO, g.err, devnull);
+  child_setup(o, devnull);  // its session was made above
   ::execvp(argv[0], argv);
   DetachReport r{1, errno};
   (void)!::write(report, &r, sizeof r);
@@ -121,18 +127,12 @@ struct DetachReport {
 }  // namespace
 
 pid_t spawn_detached(const std::vector<std::string>& argv, const SpawnOptions& opts) {
-  std::vector<char*> av;
-  for (const std::string& a : argv) av.push_back(const_cast<char*>(a.c_str()));
-  av.push_back(nullptr);
-  UniqueFd devnull(::open("/dev/null", O_RDWR | O_CLOEXEC));
-  if (!devnull) throw sys_error("/dev/null");
-  int p[2];
-  if (::pipe2(p, O_CLOEXEC) != 0) throw sys_error("pipe");
-  UniqueFd report_read(p[0]), report_write(p[1]);
+  ExecPrep prep(argv);
+  UniqueFd& report_read = prep.report_read;
   pid_t mid = ::fork();
   if (mid < 0) throw sys_error("fork");
-  if (mid == 0) detach_child(av.data(), opts, devnull.get(), report_write.get());
-  report_write.reset();
+  if (mid == 0) detach_child(prep.av.data(), opts, prep.devnull.get(), prep.report_write.get());
+  prep.report_write.reset();
   ::waitpid(mid, nullptr, 0);
   pid_t pid = -1;
   DetachReport r{};

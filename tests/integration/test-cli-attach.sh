@@ -6,6 +6,7 @@
 # else is real: nbdkit, the plugin, the private socket, the control socket and the state.
 # The VM test drives the same commands with the real nbd module.
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/cli_lib.sh"
 require_root
 require nbdkit nbdinfo mkfs.xfs losetup pgrep cmp stat
 LOOPDIO=${LOOPDIO_BUILD:?run through ctest, or set LOOPDIO_BUILD to the build directory}/loopdio
@@ -87,17 +88,6 @@ at_exit "for p in $T/sys/block/*/pid; do kill \$(cat \$p); done"
 # A test that fails half-way leaves attached servers: stop them, by the pids in the state.
 at_exit "for f in $T/run/*.json; do kill \$(sed -n 's/.*\"pid\":\([0-9]*\).*/\1/p' \$f); done"
 
-# expect_error RC "message part" COMMAND...: exactly one line on stderr, "loopdio: ...".
-expect_error() {
-  local want_rc=$1 want=$2 rc=0
-  shift 2
-  "$@" >"$T/out" 2>"$T/err" || rc=$?
-  [ $rc -eq "$want_rc" ] || { cat "$T/err"; fail "$*: exit $rc, expected $want_rc"; }
-  [ "$(wc -l <"$T/err")" -eq 1 ] || { cat "$T/err"; fail "$*: not one line on stderr"; }
-  grep -q '^loopdio: ' "$T/err" || { cat "$T/err"; fail "$*: message not from loopdio"; }
-  grep -qF -- "$want" "$T/err" || { cat "$T/err"; fail "$*: message lacks '$want'"; }
-  echo "refused (exit $rc): $(cat "$T/err")"
-}
 
 # nothing_of nbdN: no state, socket, log or server of that device is left.
 nothing_of() {

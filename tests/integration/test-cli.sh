@@ -5,6 +5,7 @@
 # equals the shadow at the end), set refused on ramfs with the reason, and the error cases:
 # one "loopdio: ..." line, a non-zero exit, and no server or state file left behind.
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/cli_lib.sh"
 require_root
 require nbdkit nbdinfo setpriv cmp pgrep psktool
 LOOPDIO=${LOOPDIO_BUILD:?run through ctest, or set LOOPDIO_BUILD to the build directory}/loopdio
@@ -47,17 +48,6 @@ column() {
     $1 == name { print $c }'
 }
 
-# expect_error RC "message part" COMMAND...: exactly one line on stderr, "loopdio: ...".
-expect_error() {
-  local want_rc=$1 want=$2 rc=0
-  shift 2
-  "$@" >"$T/out" 2>"$T/err" || rc=$?
-  [ $rc -eq "$want_rc" ] || { cat "$T/err"; fail "$*: exit $rc, expected $want_rc"; }
-  [ "$(wc -l <"$T/err")" -eq 1 ] || { cat "$T/err"; fail "$*: not one line on stderr"; }
-  grep -q '^loopdio: ' "$T/err" || { cat "$T/err"; fail "$*: message not from loopdio"; }
-  grep -qF -- "$want" "$T/err" || { cat "$T/err"; fail "$*: message lacks '$want'"; }
-  echo "refused (exit $rc): $(cat "$T/err")"
-}
 
 # Nothing of an export left: no state file, no control socket, no server.
 nothing_left() {
