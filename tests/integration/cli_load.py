@@ -12,7 +12,6 @@ written to a file for the caller to compare with the image.
 import os
 import random
 import sys
-import threading
 
 import nbd
 import nbdtest
@@ -61,21 +60,12 @@ def main():
     # Part boundaries 123 bytes past a multiple of 4096: inside a block at any sector size.
     bounds = [0] + [k * size // connections // 4096 * 4096 + 123 for k in range(1, connections)] + [size]
     counts = [0] * connections
-    errors = []
-
-    def run(k):
-        try:
-            worker(uri, shadow, bounds[k], bounds[k + 1], stop, seed * 1000 + k, counts, k)
-        except Exception as e:  # reported below, after every thread has finished
-            errors.append(e)
-
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(connections)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        print(f"FAIL: {errors[0]}", file=sys.stderr)
+    try:
+        nbdtest.run_threads(
+            lambda k: worker(uri, shadow, bounds[k], bounds[k + 1], stop, seed * 1000 + k, counts, k),
+            connections)
+    except Exception as e:
+        print(f"FAIL: {e}", file=sys.stderr)
         sys.exit(1)
     with open(shadow_out, "wb") as f:
         f.write(shadow)

@@ -42,34 +42,44 @@ def random_io(uri, size, rounds, seed, shadow, max_len=70000, connections=1):
     return rounds
 
 
-def lost_update(uri, size, block, connections, rounds):
-    """Each connection owns some bytes of every block and writes them, all at the same
-    time; at the end every block must hold every connection's last byte."""
-    barrier = threading.Barrier(connections)
+def run_threads(fn, n):
+    """Runs fn(0) .. fn(n-1) in n threads at once; raises the first exception any raised,
+    once every thread has finished."""
     errors = []
-    nblocks = min(size // block, 16)
 
-    def worker(k):
+    def run(k):
         try:
-            h = connect(uri, strict=False)
-            barrier.wait()
-            for r in range(rounds):
-                for b in range(nblocks):
-                    # Connection k owns bytes k, k+connections, ... of each block.
-                    off = b * block + k + connections * (r % 8)
-                    h.pwrite(bytes([(r % 250) + 1]), off)
-            h.flush()
-            h.shutdown()
-        except Exception as e:  # reported by the main thread
+            fn(k)
+        except Exception as e:  # re-raised below, after every thread has finished
             errors.append(e)
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(connections)]
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     if errors:
         raise errors[0]
+
+
+def lost_update(uri, size, block, connections, rounds):
+    """Each connection owns some bytes of every block and writes them, all at the same
+    time; at the end every block must hold every connection's last byte."""
+    barrier = threading.Barrier(connections)
+    nblocks = min(size // block, 16)
+
+    def worker(k):
+        h = connect(uri, strict=False)
+        barrier.wait()
+        for r in range(rounds):
+            for b in range(nblocks):
+                # Connection k owns bytes k, k+connections, ... of each block.
+                off = b * block + k + connections * (r % 8)
+                h.pwrite(bytes([(r % 250) + 1]), off)
+        h.flush()
+        h.shutdown()
+
+    run_threads(worker, connections)
     h = connect(uri)
     for b in range(nblocks):
         blk = h.pread(block, b * block)
