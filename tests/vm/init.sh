@@ -29,7 +29,8 @@ mount -t devtmpfs devtmpfs /newroot/dev
 ln -s /proc/self/fd /newroot/dev/fd
 mkdir /newroot/dev/shm
 mount -t tmpfs -o mode=1777 tmpfs /newroot/dev/shm
-mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
+# /tmp stays the overlay's (writable, and showing the host's): the source tree and the build
+# may live under the host's /tmp, and the guest runs its scenario and the plugin from there.
 mount -t tmpfs -o mode=755 tmpfs /newroot/run
 # Thread stacks and AIO rings reserve more than 128 MiB would allow under the heuristic.
 sysctl -q -w vm.overcommit_memory=1
