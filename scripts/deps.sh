@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Installs, with apt-get, every Debian package loopdio needs to build, test and benchmark.
-# Idempotent: packages already present are left alone. Needs root (or sudo).
+# Installs, with apt-get, every Debian package loopdio needs to build, test and benchmark,
+# then a supported nbdkit (scripts/nbdkit.sh: Debian 12's 1.32.5 is not one, so it is built
+# once from Debian 13's source package). Idempotent: what is present is left alone. Needs
+# root (or sudo).
 set -euo pipefail
 
 packages=(
   # build
-  build-essential cmake pkg-config nbdkit-plugin-dev libaio-dev liburing-dev libnbd-dev
+  build-essential cmake pkg-config libaio-dev liburing-dev libnbd-dev nlohmann-json3-dev
   libboost-program-options-dev googletest libgtest-dev libfuse3-dev
+  # what scripts/nbdkit.sh needs to build nbdkit from source
+  dpkg-dev libgnutls28-dev zlib1g-dev
   # run and test
-  nbdkit libnbd-bin python3-libnbd nbd-client qemu-utils fio xfsprogs e2fsprogs util-linux
+  libnbd-bin python3-libnbd nbd-client qemu-utils fio xfsprogs e2fsprogs util-linux
   fuse3 gnutls-bin systemd systemd-container procps psmisc kmod strace
   # the kernel-client test: a Debian kernel booted under qemu
   qemu-system-x86 busybox-static cpio
@@ -20,11 +24,13 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
-
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-echo "deps: installing ${missing[*]}" >&2
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+$SUDO "$(dirname "$0")/nbdkit.sh" >/dev/null
+

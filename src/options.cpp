@@ -28,6 +28,13 @@ DirectIo parse_direct_io(std::string_view key, std::string_view value) {
   bad(key, value, "expected auto, 1 (on) or 0 (off)");
 }
 
+bool parse_bool(std::string_view key, std::string_view value) {
+  std::string v = lower(value);
+  if (v == "1" || v == "on" || v == "true" || v == "yes") return true;
+  if (v == "0" || v == "off" || v == "false" || v == "no") return false;
+  bad(key, value, "expected 1 (yes) or 0 (no)");
+}
+
 EngineKind parse_engine(std::string_view key, std::string_view value) {
   std::string v = lower(value);
   if (v == "libaio" || v == "native") return EngineKind::kLibaio;
@@ -105,9 +112,27 @@ void apply_option(Options& o, std::string_view key, std::string_view value) {
   } else if (key == "control") {
     if (value.empty()) bad(key, value, "empty path");
     o.control = value;
+  } else if (key == "readonly" || key == "read-only") {
+    o.readonly = parse_bool(key, value);
+  } else if (key == "max-connections" || key == "max_connections") {
+    std::uint64_t v = parse_size(key, value);
+    if (v < 1 || v > 4096) bad(key, value, "expected 1 to 4096 connections");
+    o.max_connections = static_cast<unsigned>(v);
+  } else if (key == "bounce-total" || key == "bounce_total") {
+    o.bounce_total = parse_size(key, value);
+    if (o.bounce_total < kMinBounce) bad(key, value, "must be at least 1M");
+  } else if (key == "bounce-per-connection" || key == "bounce_per_connection") {
+    o.bounce_per_connection = parse_size(key, value);
+    if (o.bounce_per_connection < kMinBounce) bad(key, value, "must be at least 1M");
   } else {
     throw Error("unknown parameter \"" + std::string(key) + "\" (see nbdkit loopdio --help)");
   }
+}
+
+void check_options(const Options& o) {
+  if (o.bounce_per_connection > o.bounce_total)
+    throw Error("bounce-per-connection=" + std::to_string(o.bounce_per_connection) +
+                " is larger than bounce-total=" + std::to_string(o.bounce_total));
 }
 
 }  // namespace loopdio

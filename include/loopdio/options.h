@@ -16,6 +16,11 @@ enum class EngineKind { kLibaio, kIoUring, kSync };
 const char* to_string(DirectIo d);
 const char* to_string(EngineKind e);
 
+inline constexpr unsigned kDefaultMaxConnections = 64;
+inline constexpr std::uint64_t kDefaultBounceTotal = std::uint64_t{64} << 20;
+inline constexpr std::uint64_t kDefaultBouncePerConnection = std::uint64_t{16} << 20;
+inline constexpr std::uint64_t kMinBounce = std::uint64_t{1} << 20;
+
 struct Options {
   std::string file;
   DirectIo direct_io = DirectIo::kAuto;
@@ -24,11 +29,20 @@ struct Options {
   std::optional<std::uint64_t> sizelimit;  // losetup --sizelimit
   std::uint32_t sector_size = 0;           // 0: the backing's direct-I/O alignment
   std::string control;                     // control socket path, empty for none
+  bool readonly = false;                   // open the backing read-only (nbdkit -r)
+  // Limits on what clients can take (docs/loopdio.md, "Limits").
+  unsigned max_connections = kDefaultMaxConnections;
+  std::uint64_t bounce_total = kDefaultBounceTotal;                  // whole server
+  std::uint64_t bounce_per_connection = kDefaultBouncePerConnection;  // one connection
 };
 
 // Sets one parameter. Throws loopdio::Error ("offset=12x: not a size ...") on a bad key or
-// value. `file` is taken as given; the caller makes it absolute.
+// value. `file` and `control` are taken as given; the caller makes them absolute.
 void apply_option(Options& o, std::string_view key, std::string_view value);
+
+// Checks the options against each other once all are set (bounce-per-connection no larger
+// than bounce-total). Throws loopdio::Error naming the parameters.
+void check_options(const Options& o);
 
 // "4096", "4k", "1M", "2G", "1T" (binary multiples, either case, optional "B"/"iB").
 // Throws loopdio::Error naming `key` for empty, negative, non-numeric or overflowing values.
