@@ -5,6 +5,11 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <syslog.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <cerrno>
 #include <cinttypes>
@@ -17,8 +22,10 @@
 #include "loopdio/aligned_io.h"
 #include "loopdio/backing.h"
 #include "loopdio/control.h"
+#include "loopdio/control_server.h"
 #include "loopdio/drain_gate.h"
 #include "loopdio/engine.h"
+#include "loopdio/engine_share.h"
 #include "loopdio/error.h"
 #include "loopdio/extents.h"
 #include "loopdio/log.h"
@@ -32,20 +39,15 @@ namespace {
 
 using namespace loopdio;
 
-// Slots of a connection's AIO context: nbdkit's default 16 worker threads, each with a few
-// transfers of one request in flight. Each context reserves about twice this from
-// fs.aio-max-nr.
-constexpr unsigned kAioDepth = 128;
-constexpr unsigned kAioDepthLow = 16;
-
 Options g_opts;
 std::unique_ptr<Backing> g_backing;   // set in get_ready, before any connection
 std::unique_ptr<AlignedIo> g_io;
 std::unique_ptr<SpaceOps> g_space;
+std::unique_ptr<EngineShare> g_engines;  // the engine every connection shares
 RangeLock g_locks;                     // shared by every connection
 DrainGate g_gate;                      // every request passes it; a run-time switch drains it
 std::unique_ptr<ControlServer> g_control;
-std::atomic<int> g_connections{0};
+std::atomic<unsigned> g_connections{0};
 std::atomic<bool> g_readonly_open{false};  // a connection was opened read-only (nbdkit -r)
 // Connections by the engine they actually use (a fallback shows here, and in `loopdio list`).
 std::atomic<int> g_by_engine[3];
@@ -58,7 +60,8 @@ int engine_index(const Engine& e) {
 }
 
 struct Connection {
-  std::unique_ptr<Engine> engine;
+  std::shared_ptr<Engine> engine;
+  BouncePool::Client bounce;  // this connection's share of the bounce memory
 };
 
 // Runs a callback body; no exception may cross into nbdkit.
@@ -91,20 +94,37 @@ int io_result(const char* what, uint32_t count, uint64_t offset, int r) {
   return -1;
 }
 
+// True when stderr leads nowhere: nbdkit in the background without -v points it at
+// /dev/null, and then only syslog reaches the operator.
+bool stderr_is_null() {
+  struct stat st {}, null {};
+  return ::fstat(STDERR_FILENO, &st) != 0 ||
+         (S_ISCHR(st.st_mode) && ::stat("/dev/null", &null) == 0 && st.st_rdev == null.st_rdev);
+}
+
+// Notices (fallbacks, refusals, switches) must reach the operator in every mode: stderr in
+// the foreground and under systemd (the journal), syslog in the background.
 void loopdio_load() {
   set_notice_sink([](const std::string& m) {
     nbdkit_debug("%s", m.c_str());
-    std::fprintf(stderr, "nbdkit: loopdio: %s\n", m.c_str());
+    if (stderr_is_null())
+      ::syslog(LOG_WARNING, "loopdio: %s", m.c_str());
+    else
+      std::fprintf(stderr, "nbdkit: loopdio: %s\n", m.c_str());
   });
 }
 
 int loopdio_config(const char* key, const char* value) {
   return guarded("config", [&] {
     apply_option(g_opts, key, value);
-    if (std::strcmp(key, "file") == 0) {
+    // Paths are made absolute now: nbdkit changes to / when it forks into the background.
+    std::string* path = std::strcmp(key, "file") == 0      ? &g_opts.file
+                        : std::strcmp(key, "control") == 0 ? &g_opts.control
+                                                           : nullptr;
+    if (path && (*path)[0] != '/') {
       char* abs = nbdkit_absolute_path(value);
       if (!abs) return -1;
-      g_opts.file = abs;
+      *path = abs;
       std::free(abs);
     }
     return 0;
@@ -116,23 +136,39 @@ int loopdio_config_complete() {
     nbdkit_error("file=PATH is required: the image file or block device to serve");
     return -1;
   }
-  return 0;
+  return guarded("config", [] {
+    check_options(g_opts);
+    return 0;
+  }, -1);
+}
+
+// The engines in use: "libaio", "libaio+sync" after a fallback; the one asked for when idle.
+std::string engines_in_use() {
+  std::string in_use;
+  for (int i = 0; i < 3; ++i)
+    if (g_by_engine[i].load()) in_use += (in_use.empty() ? "" : "+") + std::string(kEngineNames[i]);
+  return in_use.empty() ? to_string(g_opts.engine) : in_use;
+}
+
+void add_status(Json& j) {
+  j["served_readonly"] = g_readonly_open || !g_backing->writable();
+  j["connections"] = g_connections.load();
+  j["max_connections"] = g_opts.max_connections;
+  j["in_flight"] = g_gate.in_flight();
+  Json engines = Json::object();
+  for (int i = 0; i < 3; ++i) engines[kEngineNames[i]] = g_by_engine[i].load();
+  j["engines"] = engines;
+  std::string in_use = engines_in_use();
+  j["aio_in_use"] = in_use;
+  BouncePool::Stats b = g_io->bounce_pool().stats();
+  j["bounce"] = {{"leased", b.leased}, {"cached", b.cached}, {"peak", b.peak},
+                 {"waits", b.waits}, {"total", g_opts.bounce_total},
+                 {"per_connection", g_opts.bounce_per_connection}};
+  j["description"] = g_backing->describe(in_use.c_str());
 }
 
 std::string control_command(std::string_view line) {
-  ControlContext ctx{*g_backing, g_gate, [] {
-    std::string s = std::string(",\"served_readonly\":") +
-                    (g_readonly_open || !g_backing->writable() ? "true" : "false") + ",\"connections\":" + std::to_string(g_connections.load()) +
-                    ",\"in_flight\":" + std::to_string(g_gate.in_flight()) + ",\"engines\":{";
-    std::string in_use;  // "libaio", "libaio+sync" after a fallback; the request when idle
-    for (int i = 0; i < 3; ++i) {
-      int n = g_by_engine[i].load();
-      s += std::string(i ? "," : "") + "\"" + kEngineNames[i] + "\":" + std::to_string(n);
-      if (n) in_use += (in_use.empty() ? "" : "+") + std::string(kEngineNames[i]);
-    }
-    if (in_use.empty()) in_use = to_string(g_opts.engine);
-    return s + "},\"aio_in_use\":" + json_string(in_use);
-  }};
+  ControlContext ctx{*g_backing, g_gate, add_status};
   return handle_control(line, ctx);
 }
 
@@ -143,7 +179,9 @@ int loopdio_get_ready() {
     if (!g_backing->direct() && g_opts.direct_io == DirectIo::kAuto)
       notice("direct I/O off, serving buffered: " + g_backing->direct_reason());
     if (!g_backing->writable()) notice("serving " + g_opts.file + " read-only: " + g_backing->readonly_reason());
-    g_io = std::make_unique<AlignedIo>(g_backing->geometry(), g_locks);
+    g_io = std::make_unique<AlignedIo>(g_backing->geometry(), g_locks, g_opts.bounce_total,
+                                       g_opts.bounce_per_connection);
+    g_engines = std::make_unique<EngineShare>(g_opts.engine, g_backing->fd());
     if (g_backing->probe().fs_type == "fuse") {
       // The kernel hands RWF_DSYNC to the FUSE server as a flag it may ignore.
       g_io->use_fdatasync_for_fua();
@@ -171,39 +209,24 @@ int loopdio_after_fork() {
 
 void loopdio_cleanup() { g_control.reset(); }
 
-std::unique_ptr<Engine> make_engine() {
-  switch (g_opts.engine) {
-    case EngineKind::kSync:
-      return make_sync_engine();
-    case EngineKind::kIoUring:
-      try {
-        return make_uring_engine(kAioDepth, g_backing->fd());
-      } catch (const Error& e) {
-        notice(std::string("io_uring refused (") + e.what() + "): this connection uses libaio");
-      }
-      [[fallthrough]];
-    case EngineKind::kLibaio:
-      for (unsigned depth : {kAioDepth, kAioDepthLow}) {
-        try {
-          return make_libaio_engine(depth);
-        } catch (const Error& e) {
-          if (depth == kAioDepthLow)
-            notice(std::string(e.what()) +
-                   " (fs.aio-max-nr used up?): this connection uses the sync engine");
-        }
-      }
-      return make_sync_engine();
-  }
-  return make_sync_engine();
-}
-
 void* loopdio_open(int readonly) {
-  g_readonly_open = readonly != 0;
+  if (readonly && !g_readonly_open.exchange(true) && g_backing->writable())
+    notice("nbdkit -r: clients may not write, but the image is open read-write; "
+           "readonly=1 opens it read-only");
   return guarded("open", [] {
+    if (g_connections.fetch_add(1) >= g_opts.max_connections) {
+      --g_connections;
+      throw Error("too many connections: max-connections=" +
+                  std::to_string(g_opts.max_connections) + " are open", EBUSY);
+    }
+    struct Undo {
+      bool armed = true;
+      ~Undo() { if (armed) --g_connections; }
+    } undo;
     auto c = std::make_unique<Connection>();
-    c->engine = make_engine();
-    ++g_connections;
+    c->engine = g_engines->acquire();
     ++g_by_engine[engine_index(*c->engine)];
+    undo.armed = false;
     return static_cast<void*>(c.release());
   }, static_cast<void*>(nullptr));
 }
@@ -249,13 +272,15 @@ int loopdio_can_cache(void*) { return NBDKIT_CACHE_NATIVE; }
 int loopdio_pread(void* handle, void* buf, uint32_t count, uint64_t offset, uint32_t) {
   auto* c = static_cast<Connection*>(handle);
   DrainGate::Pass pass(g_gate);
-  return io_result("read", count, offset, g_io->read(*c->engine, g_backing->mode(), buf, count, offset));
+  int r = g_io->read(*c->engine, g_backing->mode(), buf, count, offset, &c->bounce);
+  return io_result("read", count, offset, r);
 }
 
 int loopdio_pwrite(void* handle, const void* buf, uint32_t count, uint64_t offset, uint32_t flags) {
   auto* c = static_cast<Connection*>(handle);
   DrainGate::Pass pass(g_gate);
-  int r = g_io->write(*c->engine, g_backing->mode(), buf, count, offset, flags & NBDKIT_FLAG_FUA);
+  int r = g_io->write(*c->engine, g_backing->mode(), buf, count, offset, flags & NBDKIT_FLAG_FUA,
+                      &c->bounce);
   return io_result("write", count, offset, r);
 }
 
@@ -279,7 +304,7 @@ int loopdio_zero(void* handle, uint32_t count, uint64_t offset, uint32_t flags) 
   f.may_trim = flags & NBDKIT_FLAG_MAY_TRIM;
   f.fua = flags & NBDKIT_FLAG_FUA;
   f.fast = flags & NBDKIT_FLAG_FAST_ZERO;
-  int r = g_space->zero(*c->engine, g_backing->mode(), count, offset, f);
+  int r = g_space->zero(*c->engine, g_backing->mode(), count, offset, f, &c->bounce);
   if (r == -ENOTSUP && f.fast) {  // the expected answer to a fast zero, not an error to log
     nbdkit_set_error(ENOTSUP);
     return -1;
@@ -318,7 +343,12 @@ const char kHelp[] =
     "sizelimit=SIZE       Serve at most this many bytes (losetup --sizelimit).\n"
     "sector-size=N        512, 1024, 2048 or 4096: the advertised minimum block size\n"
     "                     (a multiple of the direct-I/O alignment).\n"
-    "control=PATH         A root-only Unix socket for status and run-time switches.";
+    "control=PATH         A root-only Unix socket for status and run-time switches.\n"
+    "readonly=1           Open the image read-only (use with nbdkit -r).\n"
+    "max-connections=N    Refuse clients beyond N connections at once (default 64).\n"
+    "bounce-total=SIZE    Bounce memory of the whole server (default 64M).\n"
+    "bounce-per-connection=SIZE\n"
+    "                     Bounce memory of one connection (default 16M).";
 
 struct nbdkit_plugin make_plugin() {
   struct nbdkit_plugin p {};

@@ -19,17 +19,6 @@
 namespace loopdio {
 namespace {
 
-// This thread's bounce buffer: grown in powers of two up to kBounceWindow, kept for the
-// thread's life, so memory stays flat however much is read.
-char* thread_bounce(std::size_t need, std::uint32_t mem_align) {
-  thread_local AlignedBuffer buf;
-  if (buf.size() < need) {
-    std::size_t size = std::max<std::size_t>(64 * 1024, std::bit_ceil(need));
-    buf = AlignedBuffer(std::max<std::uint32_t>(mem_align, 4096), size);
-  }
-  return buf.data();
-}
-
 // This thread's op list, reused from request to request.
 std::vector<IoOp>& thread_ops() {
   thread_local std::vector<IoOp> ops;
@@ -123,16 +112,18 @@ int run_to_completion(Engine& e, std::span<IoOp> ops, std::uint32_t align) {
 }
 
 int AlignedIo::read(Engine& e, const IoMode& m, void* buf, std::size_t len,
-                    std::uint64_t off) noexcept {
+                    std::uint64_t off, BouncePool::Client* client) noexcept {
   if (len == 0) return 0;
   try {
     const std::uint64_t foff = geo_.base + off;
     const ReadPlan p = plan_read(m, buf, len, foff);
     auto* out = static_cast<char*>(buf);
     if (!p.bounce) return read_into(e, m, out, p.io);
-    for (std::uint64_t w = p.io.start; w < p.io.end; w += kBounceWindow) {
-      const Extent win{w, std::min<std::uint64_t>(p.io.end, w + kBounceWindow)};
-      char* b = thread_bounce(win.size(), m.mem_align);
+    const std::size_t window = bounce_.window();
+    for (std::uint64_t w = p.io.start; w < p.io.end; w += window) {
+      const Extent win{w, std::min<std::uint64_t>(p.io.end, w + window)};
+      BouncePool::Lease lease = bounce_.acquire(client, win.size());
+      char* b = lease.data();
       if (int r = read_into(e, m, b, win)) return r;
       const std::uint64_t cs = std::max(foff, win.start), ce = std::min(foff + len, win.end);
       std::memcpy(out + (cs - foff), b + (cs - win.start), ce - cs);
@@ -144,14 +135,14 @@ int AlignedIo::read(Engine& e, const IoMode& m, void* buf, std::size_t len,
 }
 
 int AlignedIo::write(Engine& e, const IoMode& m, const void* buf, std::size_t len,
-                     std::uint64_t off, bool fua) noexcept {
+                     std::uint64_t off, bool fua, BouncePool::Client* client) noexcept {
   if (len == 0) return 0;
   try {
     const std::uint64_t foff = geo_.base + off;
     const WritePlan p = plan_write(m, buf, len, foff);
     std::optional<RangeLock::Guard> guard;
     if (p.lock) guard.emplace(locks_, p.io.start, p.io.end, p.exclusive);
-    return write_locked(e, m, p, static_cast<const char*>(buf), len, foff, fua);
+    return write_locked(e, m, p, static_cast<const char*>(buf), len, foff, fua, client);
   } catch (const std::bad_alloc&) {
     return -ENOMEM;
   } catch (const std::system_error& ex) {  // from the range lock's mutex
@@ -160,9 +151,10 @@ int AlignedIo::write(Engine& e, const IoMode& m, const void* buf, std::size_t le
 }
 
 int AlignedIo::write_locked(Engine& e, const IoMode& m, const WritePlan& p, const char* buf,
-                            std::size_t len, std::uint64_t foff, bool fua) {
+                            std::size_t len, std::uint64_t foff, bool fua,
+                            BouncePool::Client* client) {
   bool dsync = fua && dsync_ok_.load(std::memory_order_relaxed);
-  int r = p.bounce ? write_bounced(e, m, p, buf, len, foff, dsync)
+  int r = p.bounce ? write_bounced(e, m, p, buf, len, foff, dsync, client)
                    : write_from(e, m, const_cast<char*>(buf), p.io, dsync);
   if (dsync && (r == -EINVAL || r == -EOPNOTSUPP) && !p.bounce)
     r = write_dsync_fallback(e, m, const_cast<char*>(buf), p.io);
@@ -178,10 +170,13 @@ int AlignedIo::write_locked(Engine& e, const IoMode& m, const WritePlan& p, cons
 // A padded write: the partial head and tail blocks are read first, the client's bytes laid
 // over them, and whole blocks written back, one bounce window at a time.
 int AlignedIo::write_bounced(Engine& e, const IoMode& m, const WritePlan& p, const char* buf,
-                             std::size_t len, std::uint64_t foff, bool dsync) {
-  for (std::uint64_t w = p.io.start; w < p.io.end; w += kBounceWindow) {
-    const Extent win{w, std::min<std::uint64_t>(p.io.end, w + kBounceWindow)};
-    char* b = thread_bounce(win.size(), m.mem_align);
+                             std::size_t len, std::uint64_t foff, bool dsync,
+                             BouncePool::Client* client) {
+  const std::size_t window = bounce_.window();
+  for (std::uint64_t w = p.io.start; w < p.io.end; w += window) {
+    const Extent win{w, std::min<std::uint64_t>(p.io.end, w + window)};
+    BouncePool::Lease lease = bounce_.acquire(client, win.size());
+    char* b = lease.data();
     IoOp pre[2];
     std::size_t n = 0;
     for (const Extent& blk : {p.head, p.tail}) {

@@ -57,11 +57,17 @@ void Backing::open_fd() {
   if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
     throw Error("file=" + path + ": is " + kind_of(st.st_mode) +
                 ", not a regular file or block device");
-  fd_.reset(::open(path.c_str(), O_RDWR | O_CLOEXEC));
-  if (!fd_ && (errno == EACCES || errno == EROFS || errno == EPERM || errno == ETXTBSY)) {
-    readonly_reason_ = std::string("cannot open for writing: ") + std::strerror(errno);
+  if (opts_.readonly) {
     writable_ = false;
+    readonly_reason_ = "readonly=1";
     fd_.reset(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  } else {
+    fd_.reset(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+    if (!fd_ && (errno == EACCES || errno == EROFS || errno == EPERM || errno == ETXTBSY)) {
+      readonly_reason_ = std::string("cannot open for writing: ") + std::strerror(errno);
+      writable_ = false;
+      fd_.reset(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    }
   }
   if (!fd_) throw sys_error("file=" + path + ": open");
   if (writable_ && S_ISBLK(st.st_mode)) {
@@ -113,7 +119,10 @@ void Backing::decide_direct() {
   min_block_ = opts_.sector_size ? opts_.sector_size
                : dio_align        ? dio_align
                                   : 512;
-  off_reason_ = why;
+  {
+    std::lock_guard lock(reason_mu_);
+    off_reason_ = why;
+  }
   if (why.empty()) set_direct(true);
 }
 
@@ -138,11 +147,18 @@ void Backing::set_direct(bool on) {
   if (::fcntl(fd_.get(), F_SETFL, flags) != 0)
     throw sys_error(std::string("fcntl(F_SETFL, ") + (on ? "O_DIRECT" : "~O_DIRECT") + "): " +
                     opts_.file);
+  std::lock_guard lock(reason_mu_);
   off_reason_ = on ? "" : "switched off at run time";
   direct_.store(on, std::memory_order_release);
 }
 
-std::string Backing::direct_reason() const { return direct() ? std::string() : off_reason_; }
+std::pair<bool, std::string> Backing::direct_state() const {
+  std::lock_guard lock(reason_mu_);
+  bool on = direct();
+  return {on, on ? std::string() : off_reason_};
+}
+
+std::string Backing::direct_reason() const { return direct_state().second; }
 
 IoMode Backing::mode() const {
   IoMode m;
@@ -167,11 +183,12 @@ std::string Backing::describe(const char* engine) const {
                   human_size(geo_.size);
   if (geo_.base) s += " at offset " + std::to_string(geo_.base);
   s += "): ";
-  if (direct())
+  auto [on, why] = direct_state();
+  if (on)
     s += "direct I/O on, alignment " + std::to_string(probe_.align.offset) + " (" +
          probe_.align.source + ")";
   else
-    s += "direct I/O off (" + off_reason_ + ")";
+    s += "direct I/O off (" + why + ")";
   s += ", engine " + std::string(engine) + ", sector size " + std::to_string(min_block_);
   if (!writable_) s += ", read-only (" + readonly_reason_ + ")";
   return s;
@@ -188,7 +205,7 @@ std::vector<std::string> Backing::findings() const {
                 ", memory alignment " + std::to_string(p.align.mem) + " (from " + p.align.source + ")");
   else
     v.push_back("O_DIRECT does not work: " + p.dio_reason);
-  v.push_back(direct() ? "decided: direct I/O on" : "decided: direct I/O off: " + off_reason_);
+  v.push_back(direct() ? "decided: direct I/O on" : "decided: direct I/O off: " + direct_reason());
   if (!writable_) v.push_back("serving read-only: " + readonly_reason_);
   v.push_back("export: " + std::to_string(geo_.size) + " bytes at offset " + std::to_string(geo_.base) +
               "; block sizes min " + std::to_string(min_block_) + ", preferred " +

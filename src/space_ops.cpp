@@ -72,23 +72,26 @@ bool SpaceOps::cheap_zero(bool may_trim) const {
 }
 
 int SpaceOps::zero(Engine& e, const IoMode& m, std::uint64_t len, std::uint64_t off,
-                   ZeroFlags f) noexcept {
+                   ZeroFlags f, BouncePool::Client* client) noexcept {
   try {
     const std::uint64_t foff = io_.geometry().base + off, end = foff + len, gr = granularity(m);
     Extent x{round_up(foff, gr), round_down(end, gr)};
     if (x.start >= x.end) x = {end, end};  // no whole block: all of it is an edge
+    // Edges are written by read-modify-write, which is never cheap: with nothing the kernel
+    // could zero, a fast zero fails at once.
+    if (f.fast && x.empty() && len > 0) return -ENOTSUP;
     if (!x.empty()) {
       if (f.fast && !cheap_zero(f.may_trim)) return -ENOTSUP;
       int r = zero_interior(e, m, x, f.may_trim);
       if (unsupported(r)) {
         if (f.fast) return -ENOTSUP;
-        r = write_zeroes(e, m, x);
+        r = write_zeroes(e, m, x, client);
       }
       if (r) return r;
     }
     // The unaligned edges: zeroes written through the read-modify-write path.
-    if (int r = write_zeroes(e, m, {foff, std::min(x.start, end)})) return r;
-    if (int r = write_zeroes(e, m, {std::max(x.end, foff), end})) return r;
+    if (int r = write_zeroes(e, m, {foff, std::min(x.start, end)}, client)) return r;
+    if (int r = write_zeroes(e, m, {std::max(x.end, foff), end}, client)) return r;
     return f.fua ? e.datasync(m.fd) : 0;
   } catch (const std::bad_alloc&) {
     return -ENOMEM;
@@ -119,11 +122,11 @@ int SpaceOps::zero_interior(Engine& e, const IoMode& m, Extent x, bool may_trim)
   return -EOPNOTSUPP;
 }
 
-int SpaceOps::write_zeroes(Engine& e, const IoMode& m, Extent x) {
+int SpaceOps::write_zeroes(Engine& e, const IoMode& m, Extent x, BouncePool::Client* client) {
   const std::uint64_t base = io_.geometry().base;
   for (std::uint64_t s = x.start; s < x.end; s += kZeroBuf) {
     auto n = static_cast<std::size_t>(std::min<std::uint64_t>(kZeroBuf, x.end - s));
-    if (int r = io_.write(e, m, zero_buffer(), n, s - base, false)) return r;
+    if (int r = io_.write(e, m, zero_buffer(), n, s - base, false, client)) return r;
   }
   return 0;
 }

@@ -1,7 +1,8 @@
 // The alignment layer: turns any NBD read or write (any offset, length and buffer address)
 // into kernel transfers that obey the backing's direct-I/O alignment. Aligned requests go
-// straight to the engine from the client's buffer; the rest go through a per-thread aligned
-// bounce buffer, and writes that cover part of a block read that block first
+// straight to the engine from the client's buffer; the rest go through aligned bounce
+// buffers from the export's bounded pool, one window at a time, and writes that cover part
+// of a block read that block first
 // (read-modify-write) under an exclusive range lock. The planning is pure and unit-tested;
 // AlignedIo executes a plan against any Engine.
 #pragma once
@@ -10,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "loopdio/bounce_pool.h"
 #include "loopdio/engine.h"
 #include "loopdio/range_lock.h"
 
@@ -33,8 +35,7 @@ struct Geometry {
   bool is_file = true;
 };
 
-constexpr std::size_t kMaxOpBytes = std::size_t{1} << 20;    // largest single kernel transfer
-constexpr std::size_t kBounceWindow = std::size_t{8} << 20;  // largest bounce buffer per thread
+constexpr std::size_t kMaxOpBytes = std::size_t{1} << 20;  // largest single kernel transfer
 
 struct Extent {
   std::uint64_t start = 0;
@@ -63,14 +64,20 @@ WritePlan plan_write(const IoMode& m, const void* buf, std::size_t len, std::uin
 
 class AlignedIo {
  public:
-  AlignedIo(const Geometry& g, RangeLock& locks) : geo_(g), locks_(locks) {}
+  // Bounce buffers: at most `bounce_total` bytes in all, `bounce_per_client` per client.
+  AlignedIo(const Geometry& g, RangeLock& locks, std::size_t bounce_total = 64u << 20,
+            std::size_t bounce_per_client = 16u << 20)
+      : geo_(g), locks_(locks), bounce_(bounce_total, bounce_per_client) {}
 
   const Geometry& geometry() const { return geo_; }
+  BouncePool& bounce_pool() { return bounce_; }
 
-  // `off` is relative to the export. Each returns 0 or -errno and never throws.
-  int read(Engine& e, const IoMode& m, void* buf, std::size_t len, std::uint64_t off) noexcept;
+  // `off` is relative to the export; `client` is charged for the bounce buffers (null: the
+  // server's bound alone). Each returns 0 or -errno and never throws.
+  int read(Engine& e, const IoMode& m, void* buf, std::size_t len, std::uint64_t off,
+           BouncePool::Client* client = nullptr) noexcept;
   int write(Engine& e, const IoMode& m, const void* buf, std::size_t len, std::uint64_t off,
-            bool fua) noexcept;
+            bool fua, BouncePool::Client* client = nullptr) noexcept;
   int flush(Engine& e, const IoMode& m) noexcept;
 
   // Makes FUA a write followed by fdatasync instead of RWF_DSYNC, for backings that do not
@@ -79,13 +86,14 @@ class AlignedIo {
 
  private:
   int write_locked(Engine& e, const IoMode& m, const WritePlan& p, const char* buf,
-                   std::size_t len, std::uint64_t foff, bool fua);
+                   std::size_t len, std::uint64_t foff, bool fua, BouncePool::Client* client);
   int write_bounced(Engine& e, const IoMode& m, const WritePlan& p, const char* buf,
-                    std::size_t len, std::uint64_t foff, bool dsync);
+                    std::size_t len, std::uint64_t foff, bool dsync, BouncePool::Client* client);
   int write_dsync_fallback(Engine& e, const IoMode& m, char* src, Extent ext);
 
   Geometry geo_;
   RangeLock& locks_;
+  BouncePool bounce_;
   std::atomic<bool> dsync_ok_{true};  // the kernel takes RWF_DSYNC; off at its first refusal
 };
 

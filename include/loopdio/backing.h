@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,8 @@ class Backing {
   bool direct() const { return direct_.load(std::memory_order_acquire); }
   // Why direct I/O is off; empty while it is on.
   std::string direct_reason() const;
+  // Both at once, consistent with each other: on, or off and why.
+  std::pair<bool, std::string> direct_state() const;
   IoMode mode() const;
 
   std::uint32_t min_block() const { return min_block_; }
@@ -66,7 +69,9 @@ class Backing {
   bool writable_ = true;
   std::string readonly_reason_;
   std::atomic<bool> direct_{false};
-  std::string off_reason_;  // why direct I/O is off; guarded by the caller's drain on switch
+  mutable std::mutex reason_mu_;  // protects off_reason_: a switch writes it while a
+                                  // handshake's export description reads it
+  std::string off_reason_;        // why direct I/O is off
   std::uint32_t min_block_ = 512;
 };
 

@@ -1,6 +1,5 @@
-// The control socket: a root-only Unix socket on which a running export answers `loopdio
-// list` (its effective state) and `loopdio set` (switch direct I/O live). One request line,
-// one JSON reply line:
+// The control socket's commands (the server is control_server.h). One request line, one
+// JSON reply line:
 //   status                 -> {"ok":true,"file":...,"dio":true,"aio":"libaio",
 //                              "engines":{"libaio":2,"io_uring":0,"sync":1},...}
 //   set direct-io on|off   -> {"ok":true,"dio":false} or {"ok":false,"error":"..."}
@@ -10,46 +9,19 @@
 #include <functional>
 #include <string>
 #include <string_view>
-#include <thread>
 
-#include "loopdio/unique_fd.h"
+#include "loopdio/json.h"
 
 namespace loopdio {
 
 class Backing;
 class DrainGate;
 
-class ControlServer {
- public:
-  using Handler = std::function<std::string(std::string_view line)>;
-
-  // Creates, binds (mode 0600) and listens; a stale socket file is replaced. No thread yet.
-  // Throws loopdio::Error.
-  ControlServer(std::string path, Handler handler);
-  ControlServer(const ControlServer&) = delete;
-  ControlServer& operator=(const ControlServer&) = delete;
-  ~ControlServer();
-
-  // Starts answering, on a thread of its own (call after nbdkit has forked).
-  void start();
-  const std::string& path() const { return path_; }
-
- private:
-  void serve() noexcept;
-  void answer(int fd) noexcept;
-
-  std::string path_;
-  Handler handler_;
-  UniqueFd listen_;
-  UniqueFd stop_read_, stop_write_;  // a pipe that wakes the thread to stop
-  std::thread thread_;
-};
-
 // What a control command may look at and change.
 struct ControlContext {
   Backing& backing;
   DrainGate& gate;
-  std::function<std::string()> extra_status;  // more JSON members: ,"connections":2,...
+  std::function<void(Json&)> extra_status;  // adds the glue's members: connections, ...
 };
 
 // Executes one command line; returns the JSON reply (no newline). Never throws.
@@ -60,6 +32,7 @@ std::string handle_control(std::string_view line, ControlContext& ctx);
 // backing cannot do it.
 void switch_direct_io(Backing& b, DrainGate& gate, bool on);
 
+// A JSON string literal for `s` (kept for callers that still build JSON by hand).
 std::string json_string(std::string_view s);
 
 }  // namespace loopdio

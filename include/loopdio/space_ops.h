@@ -34,8 +34,10 @@ class SpaceOps {
 
   // `off` is relative to the export. Each returns 0 or -errno and never throws. A fast zero
   // that cannot be cheap returns -ENOTSUP before touching anything.
+  // The unaligned edges of a zero are written through `client`'s share of bounce memory.
   int trim(Engine& e, const IoMode& m, std::uint64_t len, std::uint64_t off, bool fua) noexcept;
-  int zero(Engine& e, const IoMode& m, std::uint64_t len, std::uint64_t off, ZeroFlags f) noexcept;
+  int zero(Engine& e, const IoMode& m, std::uint64_t len, std::uint64_t off, ZeroFlags f,
+           BouncePool::Client* client = nullptr) noexcept;
   // With direct I/O there is no page cache to fill: a cache request is a no-op. Buffered, it
   // is readahead (POSIX_FADV_WILLNEED).
   int cache(const IoMode& m, std::uint64_t len, std::uint64_t off) noexcept;
@@ -44,7 +46,7 @@ class SpaceOps {
   std::uint64_t granularity(const IoMode& m) const;
   bool cheap_zero(bool may_trim) const;
   int zero_interior(Engine& e, const IoMode& m, Extent x, bool may_trim);
-  int write_zeroes(Engine& e, const IoMode& m, Extent x);
+  int write_zeroes(Engine& e, const IoMode& m, Extent x, BouncePool::Client* client);
   int switch_off(std::atomic<bool>& cap, const char* what);
 
   AlignedIo& io_;

@@ -19,7 +19,7 @@ grep -q "engine libaio" "$T/info" || { cat "$T/info"; fail "the description does
 qemu-io -f raw "$URI" -c "write -P 0x7e 1000 70000" -c "read -P 0x7e 1000 70000" >"$T/q" || fail "qemu-io"
 grep -q "Pattern verification failed" "$T/q" && fail "data through the fallback engine"
 stop_server
-grep -q "io_uring refused (io_uring_queue_init: Operation not permitted): this connection uses libaio" "$SERVER_LOG" ||
+grep -q "io_uring refused (io_uring_queue_init: Operation not permitted): the export uses libaio instead" "$SERVER_LOG" ||
   { cat "$SERVER_LOG"; fail "the fallback was not logged"; }
 echo "$old" >$knob
 pass "io_uring refused by the kernel: libaio used, logged and described"

@@ -73,7 +73,3 @@ TEST(Control, StatusSwitchAndRefusals) {
   EXPECT_NE(handle_control("set direct-io maybe", ctx).find("\"ok\":false"), std::string::npos);
   EXPECT_NE(handle_control("", ctx).find("unknown command"), std::string::npos);
 }
-
-TEST(Control, JsonStrings) {
-  EXPECT_EQ(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
-}
