@@ -1,4 +1,5 @@
-// The libaio engine: one kernel AIO context per NBD connection, shared by its worker threads.
+// The libaio engine: one kernel AIO context per export, shared by its connections' worker
+// threads.
 //
 // How a completion reaches its thread: every iocb names its submitter's own eventfd
 // (IOCB_FLAG_RESFD), so the kernel wakes exactly the thread whose I/O finished, and no
@@ -54,10 +55,12 @@ struct Slot {
   std::atomic<Waiter*> waiter;
 };
 
-// This thread's eventfd, created at its first request and closed when the thread exits.
+// This thread's eventfd, created at its first request and closed when the thread exits;
+// or -errno when it cannot be had now (EMFILE: tried again at the next request).
 int thread_eventfd() {
-  thread_local UniqueFd efd(::eventfd(0, EFD_CLOEXEC));
-  return efd ? efd.get() : -1;
+  thread_local UniqueFd efd;
+  if (!efd) efd.reset(::eventfd(0, EFD_CLOEXEC));
+  return efd ? efd.get() : -errno;
 }
 
 // This thread's iocbs; reused from request to request, only ever grown while none is in
@@ -91,7 +94,7 @@ class LibaioEngine final : public Engine {
     if (ops.empty()) return;
     int efd = thread_eventfd();
     if (efd < 0) {
-      for (IoOp& op : ops) op.result = -EMFILE;
+      for (IoOp& op : ops) op.result = efd;
       return;
     }
     ThreadSlots* t;

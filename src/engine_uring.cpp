@@ -1,24 +1,36 @@
-// The io_uring engine: one ring per nbdkit worker thread (so per connection: nbdkit's worker
-// threads belong to one connection), created at the thread's first request and torn down
-// when the thread exits. A request is one io_uring_enter that submits every transfer and
-// waits for them, and with SINGLE_ISSUER|DEFER_TASKRUN the completions are processed in
-// that same call, by the thread that waits for them: no other thread is ever woken.
+// The io_uring engine: one ring per nbdkit worker thread, created at the thread's first
+// request and torn down when the thread exits. A request is one io_uring_enter that submits
+// every transfer and waits for them, and with SINGLE_ISSUER|DEFER_TASKRUN the completions
+// are processed in that same call, by the thread that waits for them: no other thread is
+// ever woken. Only what the kernel accepted is waited for; a ring that fails is given up
+// (its requests fail with the error) and replaced at the thread's next request.
 #include <liburing.h>
 
+#include <chrono>
 #include <cerrno>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "loopdio/engine.h"
+#include "loopdio/engine_uring_hooks.h"
 #include "loopdio/error.h"
 
 namespace loopdio {
 namespace {
 
+// Ring memory is mapped by the kernel, and a ring made after another thread's ring was
+// unmapped may get the same addresses. Creating and destroying rings under one mutex orders
+// the old ring's last use before the new ring's first, for ThreadSanitizer too, which cannot
+// see the kernel hand the pages over.
+std::mutex g_ring_lifetime_mu;
+
 // A ring with the backing's fd registered at index 0.
 class Ring {
  public:
   Ring(unsigned depth, int fd) {
+    std::lock_guard lock(g_ring_lifetime_mu);
     struct io_uring_params p {};
     p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
     int r = io_uring_queue_init_params(depth, &ring_, &p);
@@ -31,7 +43,10 @@ class Ring {
   }
   Ring(const Ring&) = delete;
   Ring& operator=(const Ring&) = delete;
-  ~Ring() { io_uring_queue_exit(&ring_); }
+  ~Ring() {
+    std::lock_guard lock(g_ring_lifetime_mu);
+    io_uring_queue_exit(&ring_);
+  }
 
   struct io_uring* get() { return &ring_; }
   int fixed_fd() const { return fixed_fd_; }
@@ -41,115 +56,174 @@ class Ring {
   int fixed_fd_ = -1;  // the fd registered at index 0, or -1
 };
 
+// One request's transfers on their way through a ring.
+struct Batch {
+  std::span<IoOp> ops;
+  std::size_t next = 0;      // the first op never handed to the ring
+  std::size_t queued = 0;    // in the submission queue, not yet taken by the kernel
+  std::size_t inflight = 0;  // taken by the kernel, not yet completed
+  std::size_t done = 0;
+  std::vector<std::size_t>& retry;  // refused with -EAGAIN: to queue again
+  std::vector<bool>& finished;
+
+  bool has_work() const { return next < ops.size() || !retry.empty(); }
+  void finish(std::size_t i, std::int64_t result) {
+    ops[i].result = result;
+    finished[i] = true;
+    ++done;
+  }
+};
+
 class UringEngine final : public Engine {
  public:
-  UringEngine(unsigned depth, int fd) : depth_(depth), fd_(fd) {
+  UringEngine(unsigned depth, int fd, UringHooks hooks)
+      : depth_(depth), fd_(fd), hooks_(std::move(hooks)) {
     Ring probe(depth, fd);  // fail now, at open, when the kernel refuses io_uring
   }
 
   const char* name() const noexcept override { return "io_uring"; }
 
   void run(std::span<IoOp> ops) noexcept override {
-    Ring* ring = thread_ring();
-    if (!ring) {
-      for (IoOp& op : ops) op.result = -ENOMEM;
-      return;
+    if (ops.empty()) return;
+    std::unique_ptr<Ring>& ring = thread_ring();
+    std::vector<std::size_t>* retry = nullptr;
+    std::vector<bool>* finished = nullptr;
+    try {
+      if (!ring) ring = std::make_unique<Ring>(depth_, fd_);
+      retry = &thread_retries();
+      finished = &thread_finished(ops.size());
+    } catch (const Error& e) {
+      return fail_all(ops, e.code() ? -e.code() : -ENOMEM);
+    } catch (...) {
+      return fail_all(ops, -ENOMEM);
     }
-    std::size_t next = 0, inflight = 0, done = 0;
-    std::vector<std::size_t>& retry = retries();
-    while (done < ops.size()) {
-      while ((next < ops.size() || !retry.empty()) && inflight < depth_) {
-        struct io_uring_sqe* sqe = io_uring_get_sqe(ring->get());
-        if (!sqe) break;
-        std::size_t i = retry.empty() ? next++ : pop(retry);
-        prepare(sqe, ops[i], i, ring->fixed_fd());
-        ++inflight;
-      }
-      int r = io_uring_submit_and_wait(ring->get(), 1);
-      if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
-        fail_rest(ring, ops, retry, r, next, inflight, done);
-        return;
-      }
-      reap(ring, ops, retry, inflight, done);
-    }
+    Batch b{ops, 0, 0, 0, 0, *retry, *finished};
+    if (!drive(*ring, b)) ring.reset();  // given up: the next request gets a fresh ring
   }
 
  private:
-  Ring* thread_ring() noexcept {
-    try {
-      thread_local Ring ring(depth_, fd_);
-      return &ring;
-    } catch (...) {
-      return nullptr;
-    }
-  }
+  // Transient refusals of io_uring_enter tried again before the ring is given up.
+  static constexpr int kMaxTransient = 1000;
 
-  static std::vector<std::size_t>& retries() {
+  static std::unique_ptr<Ring>& thread_ring() {
+    thread_local std::unique_ptr<Ring> ring;
+    return ring;
+  }
+  static std::vector<std::size_t>& thread_retries() {
     thread_local std::vector<std::size_t> v;
     v.clear();
     return v;
   }
+  static std::vector<bool>& thread_finished(std::size_t n) {
+    thread_local std::vector<bool> v;
+    v.assign(n, false);
+    return v;
+  }
+  static void fail_all(std::span<IoOp> ops, int err) {
+    for (IoOp& op : ops) op.result = err;
+  }
 
-  static std::size_t pop(std::vector<std::size_t>& v) {
-    std::size_t i = v.back();
-    v.pop_back();
-    return i;
+  // Runs the batch to the end. False when the ring failed and was given up.
+  bool drive(Ring& ring, Batch& b) {
+    int transient = 0;
+    while (b.done < b.ops.size()) {
+      queue(ring, b);
+      unsigned wait = b.queued + b.inflight > 0 ? 1 : 0;
+      int r = hooks_.submit_and_wait(ring.get(), wait);
+      if (r >= 0) {
+        auto taken = std::min<std::size_t>(static_cast<std::size_t>(r), b.queued);
+        b.queued -= taken;
+        b.inflight += taken;
+        transient = 0;
+      } else if ((r == -EINTR || r == -EAGAIN || r == -EBUSY) && ++transient < kMaxTransient) {
+        if (r != -EINTR) std::this_thread::sleep_for(std::chrono::microseconds(50));
+      } else {
+        give_up(ring, b, r);
+        return false;
+      }
+      reap(ring, b);
+    }
+    return true;
+  }
+
+  // Fills the submission queue, keeping at most depth_ transfers queued or in flight.
+  void queue(Ring& ring, Batch& b) {
+    while (b.has_work() && b.queued + b.inflight < depth_) {
+      struct io_uring_sqe* sqe = io_uring_get_sqe(ring.get());
+      if (!sqe) break;
+      std::size_t i;
+      if (!b.retry.empty()) {
+        i = b.retry.back();
+        b.retry.pop_back();
+      } else {
+        i = b.next++;
+      }
+      prepare(sqe, b.ops[i], i, ring.fixed_fd());
+      ++b.queued;
+    }
   }
 
   static void prepare(struct io_uring_sqe* sqe, const IoOp& op, std::size_t i, int fixed_fd) {
-    int fd = op.fd;
+    int fd = op.fd == fixed_fd ? 0 : op.fd;
+    auto len = static_cast<unsigned>(op.len);
     if (op.kind == IoKind::kRead)
-      io_uring_prep_read(sqe, fd == fixed_fd ? 0 : fd, op.buf, static_cast<unsigned>(op.len), op.off);
+      io_uring_prep_read(sqe, fd, op.buf, len, op.off);
     else
-      io_uring_prep_write(sqe, fd == fixed_fd ? 0 : fd, op.buf, static_cast<unsigned>(op.len), op.off);
-    if (fd == fixed_fd) sqe->flags |= IOSQE_FIXED_FILE;
+      io_uring_prep_write(sqe, fd, op.buf, len, op.off);
+    if (op.fd == fixed_fd) sqe->flags |= IOSQE_FIXED_FILE;
     sqe->rw_flags = op.dsync ? RWF_DSYNC : 0;
     io_uring_sqe_set_data64(sqe, i);
   }
 
-  // -EAGAIN is retried; anything else is the op's result.
-  static void reap(Ring* ring, std::span<IoOp> ops, std::vector<std::size_t>& retry,
-                   std::size_t& inflight, std::size_t& done) {
+  // Takes every completion there is; -EAGAIN sends the op round again.
+  static void reap(Ring& ring, Batch& b) {
     struct io_uring_cqe* cqe;
     unsigned head, n = 0;
-    io_uring_for_each_cqe(ring->get(), head, cqe) {
+    io_uring_for_each_cqe(ring.get(), head, cqe) {
       ++n;
-      --inflight;
-      std::size_t i = static_cast<std::size_t>(io_uring_cqe_get_data64(cqe));
-      if (cqe->res == -EAGAIN) {
-        retry.push_back(i);
-      } else {
-        ops[i].result = cqe->res;
-        ++done;
-      }
+      if (b.inflight > 0) --b.inflight;
+      auto i = static_cast<std::size_t>(io_uring_cqe_get_data64(cqe));
+      if (i >= b.ops.size() || b.finished[i]) continue;  // not of this batch: cannot be
+      if (cqe->res == -EAGAIN)
+        b.retry.push_back(i);
+      else
+        b.finish(i, cqe->res);
     }
-    io_uring_cq_advance(ring->get(), n);
+    io_uring_cq_advance(ring.get(), n);
   }
 
-  // The ring itself failed: fail what was never submitted, and wait out what is in flight
-  // (the kernel still owns those buffers).
-  static void fail_rest(Ring* ring, std::span<IoOp> ops, std::vector<std::size_t>& retry,
-                        int err, std::size_t next, std::size_t& inflight, std::size_t& done) {
-    for (std::size_t i = next; i < ops.size(); ++i) ops[i].result = err;
-    for (std::size_t i : retry) ops[i].result = err;
-    retry.clear();
-    while (inflight > 0) {
-      struct io_uring_cqe* cqe;
-      if (io_uring_wait_cqe(ring->get(), &cqe) < 0) continue;
-      reap(ring, ops, retry, inflight, done);
-      for (std::size_t i : retry) ops[i].result = err;
-      retry.clear();
+  // The ring failed with `err`. What the kernel took is waited for a few times more (it owns
+  // those buffers until it completes them); then every op without a result fails with `err`.
+  void give_up(Ring& ring, Batch& b, int err) {
+    for (int tries = 0; b.inflight > 0 && tries < 3; ++tries) {
+      struct io_uring_cqe* cqe = nullptr;
+      if (hooks_.wait_cqe(ring.get(), &cqe) < 0) continue;
+      reap(ring, b);
     }
+    for (std::size_t i = 0; i < b.ops.size(); ++i)
+      if (!b.finished[i]) b.finish(i, err);
   }
 
   unsigned depth_;
   int fd_;
+  UringHooks hooks_;
 };
 
 }  // namespace
 
+UringHooks UringHooks::real() {
+  UringHooks h;
+  h.submit_and_wait = [](struct io_uring* r, unsigned n) { return io_uring_submit_and_wait(r, n); };
+  h.wait_cqe = [](struct io_uring* r, struct io_uring_cqe** c) { return io_uring_wait_cqe(r, c); };
+  return h;
+}
+
 std::unique_ptr<Engine> make_uring_engine(unsigned depth, int fd) {
-  return std::make_unique<UringEngine>(depth, fd);
+  return std::make_unique<UringEngine>(depth, fd, UringHooks::real());
+}
+
+std::unique_ptr<Engine> make_uring_engine(unsigned depth, int fd, UringHooks hooks) {
+  return std::make_unique<UringEngine>(depth, fd, std::move(hooks));
 }
 
 }  // namespace loopdio

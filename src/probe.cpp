@@ -53,39 +53,67 @@ std::optional<std::uint64_t> sysfs_u64(const ProbeHooks& h, const std::string& p
   }
 }
 
-std::optional<std::uint32_t> sysfs_uint(const ProbeHooks& h, const std::string& path) {
-  auto v = sysfs_u64(h, path);
+// An attribute of the queue of the disk that holds device `dev`, walking from a partition
+// to its disk: /sys/dev/block/MAJ:MIN/queue/ATTR, or /sys/dev/block/MAJ:MIN/../queue/ATTR
+// for a partition (which has no queue of its own).
+std::optional<std::uint64_t> queue_u64(const ProbeHooks& h, dev_t dev, const char* attr) {
+  std::string base = "/sys/dev/block/" + std::to_string(major(dev)) + ":" +
+                     std::to_string(minor(dev));
+  if (auto v = sysfs_u64(h, base + "/queue/" + attr)) return v;
+  return sysfs_u64(h, base + "/../queue/" + attr);
+}
+
+// A block size from the queue: a power of two no larger than 1 GiB.
+std::optional<std::uint32_t> queue_attr(const ProbeHooks& h, dev_t dev, const char* attr) {
+  auto v = queue_u64(h, dev, attr);
   if (!v || *v == 0 || *v > (1u << 30)) return std::nullopt;
   return static_cast<std::uint32_t>(*v);
 }
 
-std::string queue_dir(dev_t dev) {
-  return "/sys/dev/block/" + std::to_string(major(dev)) + ":" + std::to_string(minor(dev)) +
-         "/queue/";
-}
+// What a series of trial reads found: the smallest alignment that worked, or 0; and
+// whether the reads proved anything at all.
+struct Trial {
+  std::uint32_t align = 0;
+  bool conclusive = true;
+};
 
-// The queue directory of the disk that holds device `dev`, walking from a partition to its
-// disk: /sys/dev/block/MAJ:MIN/queue, or /sys/dev/block/MAJ:MIN/../queue for a partition.
-std::optional<std::uint32_t> queue_attr(const ProbeHooks& h, dev_t dev, const char* attr) {
-  std::string base = "/sys/dev/block/" + std::to_string(major(dev)) + ":" +
-                     std::to_string(minor(dev));
-  if (auto v = sysfs_uint(h, base + "/queue/" + attr)) return v;
-  return sysfs_uint(h, base + "/../queue/" + attr);
-}
-
-// Smallest power of two for which an O_DIRECT read of that size at that offset succeeds;
-// with mem_only, the offset is kept at 64 KiB and only the buffer address varies.
-std::uint32_t trial_align(const ProbeHooks& h, int dfd, bool mem_only) {
+// Smallest power of two for which an O_DIRECT read from the start of the file succeeds: of
+// that many bytes (the kernel checks offset and length against the same mask), or, with
+// mem_only, of 64 KiB into a buffer whose address is a multiple of it only. A read that
+// returns nothing proves nothing: at or past the end of a file the kernel returns 0 before
+// it checks any alignment.
+Trial trial_align(const ProbeHooks& h, int dfd, bool mem_only) {
   constexpr std::uint32_t kMax = 64 * 1024;
-  AlignedBuffer buf(kMax, 3 * kMax);
+  AlignedBuffer buf(kMax, 2 * kMax);
   for (std::uint32_t a = 512; a <= kMax; a *= 2) {
-    char* p = mem_only ? buf.data() + a : buf.data() + kMax;
-    std::uint64_t off = mem_only ? kMax : a;
+    char* p = mem_only ? buf.data() + a : buf.data();
     std::size_t len = mem_only ? kMax : a;
-    if (h.pread(dfd, p, len, off) >= 0) return a;
-    if (errno != EINVAL) return 0;
+    long n = h.pread(dfd, p, len, 0);
+    if (n > 0) return {a, true};
+    if (n == 0) return {0, false};
+    if (errno != EINVAL) return {0, true};
   }
-  return 0;
+  return {0, true};
+}
+
+// The last resort: trial reads, or a safe guess when the file holds too little data to
+// read (an empty file, or one whose first block is a hole: holes are read without checks).
+void probe_by_trial_reads(const ProbeHooks& h, int dfd, ProbeResult& r) {
+  Trial off, mem;
+  if (h.seek_data(dfd, 0) == 0)
+    off = trial_align(h, dfd, false);
+  else
+    off.conclusive = false;
+  if (off.align) mem = trial_align(h, dfd, true);
+  if (!off.conclusive || (off.align && !mem.conclusive)) {
+    r.align = {4096, 4096, "a safe guess: no data at the start of the file to probe"};
+    return;
+  }
+  if (off.align == 0 || mem.align == 0) {
+    r.dio_reason = "trial O_DIRECT reads failed: " + std::string(std::strerror(errno));
+    return;
+  }
+  r.align = {off.align, mem.align, "trial reads"};
 }
 
 void probe_alignment(const std::string& path, const ProbeHooks& h, const struct stat& st,
@@ -109,13 +137,8 @@ void probe_alignment(const std::string& path, const ProbeHooks& h, const struct 
   } else if (auto lbs = queue_attr(h, st.st_dev, "logical_block_size")) {
     r.align = {*lbs, *lbs, "sysfs queue/logical_block_size"};
   } else {
-    std::uint32_t off = trial_align(h, dfd.get(), false);
-    std::uint32_t mem = off ? trial_align(h, dfd.get(), true) : 0;
-    if (off == 0 || mem == 0) {
-      r.dio_reason = "trial O_DIRECT reads failed: " + std::string(std::strerror(errno));
-      return;
-    }
-    r.align = {off, mem, "trial reads"};
+    probe_by_trial_reads(h, dfd.get(), r);
+    if (!r.dio_reason.empty()) return;
   }
   if (!is_power_of_2(r.align.offset) || !is_power_of_2(r.align.mem)) {
     r.dio_reason = "the kernel reported an alignment that is not a power of two";
@@ -145,6 +168,9 @@ ProbeHooks ProbeHooks::real() {
   h.pread = [](int fd, void* buf, std::size_t len, std::uint64_t off) {
     return static_cast<long>(::pread(fd, buf, len, static_cast<off_t>(off)));
   };
+  h.seek_data = [](int fd, std::uint64_t off) {
+    return static_cast<long long>(::lseek(fd, static_cast<off_t>(off), SEEK_DATA));
+  };
   h.fs_type = [](int fd) -> std::string {
     struct statfs sfs {};
     if (::fstatfs(fd, &sfs) != 0) return {};
@@ -167,8 +193,8 @@ ProbeResult probe(const std::string& path, int fd, const ProbeHooks& h) {
     r.size = size;
     if (h.ioctl(fd, BLKSSZGET, &lbs) == 0 && lbs > 0) r.logical_block = lbs;
     if (h.ioctl(fd, BLKPBSZGET, &pbs) == 0 && pbs > 0) r.physical_block = pbs;
-    r.discard_max = sysfs_u64(h, queue_dir(st.st_rdev) + "discard_max_bytes").value_or(0);
-    r.write_zeroes_max = sysfs_u64(h, queue_dir(st.st_rdev) + "write_zeroes_max_bytes").value_or(0);
+    r.discard_max = queue_u64(h, st.st_rdev, "discard_max_bytes").value_or(0);
+    r.write_zeroes_max = queue_u64(h, st.st_rdev, "write_zeroes_max_bytes").value_or(0);
   } else {
     r.size = static_cast<std::uint64_t>(st.st_size);
     if (auto v = queue_attr(h, st.st_dev, "logical_block_size")) r.logical_block = *v;

@@ -28,7 +28,8 @@ struct ProbeResult {
   DioAlignment align;                 // valid when dio_supported
   std::string fs_type;                // "ext4", "xfs", "tmpfs", ... or the magic in hex
   // Block devices only: what the device offloads (queue/discard_max_bytes and
-  // queue/write_zeroes_max_bytes; 0 = not supported, the kernel would write zeroes itself).
+  // queue/write_zeroes_max_bytes of the disk, for a partition its disk's; 0 = not
+  // supported, the kernel would write zeroes itself).
   std::uint64_t discard_max = 0;
   std::uint64_t write_zeroes_max = 0;
 };
@@ -43,6 +44,8 @@ struct ProbeHooks {
   // Opens `path` read-only with O_DIRECT; returns an fd (owned by probe()) or -1.
   std::function<int(const std::string& path)> open_direct;
   std::function<long(int fd, void* buf, std::size_t len, std::uint64_t off)> pread;
+  // lseek(SEEK_DATA): the first data at or after `off`, or -1.
+  std::function<long long(int fd, std::uint64_t off)> seek_data;
   // Name of the filesystem that holds fd ("ext4"), empty when unknown.
   std::function<std::string(int fd)> fs_type;
 

@@ -12,6 +12,7 @@
 #include "loopdio/backing.h"
 #include "loopdio/control.h"
 #include "loopdio/drain_gate.h"
+#include "skip.h"
 
 using namespace loopdio;
 using namespace std::chrono_literals;
@@ -61,7 +62,7 @@ TEST(Control, StatusSwitchAndRefusals) {
   std::string st = handle_control("status", ctx);
   EXPECT_NE(st.find("\"ok\":true"), std::string::npos) << st;
   EXPECT_NE(st.find("\"size\":1048576"), std::string::npos) << st;
-  if (!b->probe().dio_supported) GTEST_SKIP() << "no O_DIRECT where the tests run";
+  if (!b->probe().dio_supported) LOOPDIO_SKIP_OUTSIDE_CI("no O_DIRECT where the tests run");
   EXPECT_NE(st.find("\"dio\":true"), std::string::npos) << st;
   EXPECT_EQ(handle_control("set direct-io off", ctx), "{\"ok\":true,\"dio\":false}");
   EXPECT_FALSE(b->direct());

@@ -110,3 +110,24 @@ TEST(SpaceOps, ZeroWithFuaSyncs) {
   ASSERT_EQ(f.space->zero(f.engine, f.mode, 4096, 0, fl), 0);
   EXPECT_EQ(f.engine.syncs(), 1);
 }
+
+// Regression: a fast zero too small to hold one aligned block (say 100 bytes inside a 4 KiB
+// block) has nothing the kernel could zero cheaply; it was written by read-modify-write,
+// where the protocol wants it refused at once with ENOTSUP (the client then writes zeroes
+// itself, or skips them).
+TEST(SpaceOps, AFastZeroWithNoAlignedInteriorFailsAtOnce) {
+  Fixture f(4096);
+  ZeroFlags fast;
+  fast.fast = true;
+  fast.may_trim = true;
+  std::size_t calls = f.engine.calls().size();
+  EXPECT_EQ(f.space->zero(f.engine, f.mode, 100, 4096 + 10, fast), -ENOTSUP);
+  EXPECT_EQ(f.engine.calls().size(), calls) << "the kernel was asked to do something";
+  EXPECT_EQ(f.count('d', 4096, 8192), 4096u) << "a refused fast zero changes nothing";
+  // Across a block boundary but still without a whole block: refused too.
+  EXPECT_EQ(f.space->zero(f.engine, f.mode, 4096, 4096 + 10, fast), -ENOTSUP);
+  // Not fast: written, edges and all.
+  ZeroFlags slow;
+  EXPECT_EQ(f.space->zero(f.engine, f.mode, 100, 4096 + 10, slow), 0);
+  EXPECT_EQ(f.count(0, 4096 + 10, 4096 + 110), 100u);
+}
