@@ -1,17 +1,17 @@
-// The nbdkit glue: the only file that knows nbdkit. It parses parameters, opens the backing
-// before nbdkit forks, gives each connection its own engine, and turns the core library's
-// results (0 or -errno, loopdio::Error) into nbdkit errors. Ordered like the lifecycle:
-// configuration, connections, sizes and capabilities, the data path, the plugin table.
+// The nbdkit glue: the only file that knows nbdkit. It parses parameters, opens the image
+// (or the directory of images) before nbdkit forks, gives each connection its export and
+// that export's engine, times and counts every request, and turns the core library's results
+// (0 or -errno, loopdio::Error) into nbdkit errors. Ordered like the lifecycle:
+// configuration, exports and connections, sizes and capabilities, the data path, the table.
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
 #include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <syslog.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
@@ -19,18 +19,13 @@
 #include <memory>
 #include <string>
 
-#include "loopdio/aligned_io.h"
-#include "loopdio/backing.h"
-#include "loopdio/control.h"
 #include "loopdio/control_server.h"
-#include "loopdio/drain_gate.h"
-#include "loopdio/engine.h"
-#include "loopdio/engine_share.h"
 #include "loopdio/error.h"
+#include "loopdio/export.h"
 #include "loopdio/extents.h"
 #include "loopdio/log.h"
 #include "loopdio/options.h"
-#include "loopdio/space_ops.h"
+#include "loopdio/service.h"
 #include "loopdio/version.h"
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
@@ -38,30 +33,16 @@
 namespace {
 
 using namespace loopdio;
+using Clock = std::chrono::steady_clock;
 
 Options g_opts;
-std::unique_ptr<Backing> g_backing;   // set in get_ready, before any connection
-std::unique_ptr<AlignedIo> g_io;
-std::unique_ptr<SpaceOps> g_space;
-std::unique_ptr<EngineShare> g_engines;  // the engine every connection shares
-RangeLock g_locks;                     // shared by every connection
-DrainGate g_gate;                      // every request passes it; a run-time switch drains it
+std::unique_ptr<Service> g_service;  // set in get_ready, before any connection
 std::unique_ptr<ControlServer> g_control;
-std::atomic<unsigned> g_connections{0};
-std::atomic<bool> g_readonly_open{false};  // a connection was opened read-only (nbdkit -r)
-// Connections by the engine they actually use (a fallback shows here, and in `loopdio list`).
-std::atomic<int> g_by_engine[3];
-const char* const kEngineNames[3] = {"libaio", "io_uring", "sync"};
-
-int engine_index(const Engine& e) {
-  for (int i = 0; i < 3; ++i)
-    if (std::strcmp(e.name(), kEngineNames[i]) == 0) return i;
-  return 2;
-}
 
 struct Connection {
-  std::shared_ptr<Engine> engine;
-  BouncePool::Client bounce;  // this connection's share of the bounce memory
+  std::shared_ptr<Export> exp;
+  std::shared_ptr<Engine> engine;  // the export's, shared with its other connections
+  BouncePool::Client bounce;       // this connection's share of the bounce memory
 };
 
 // Runs a callback body; no exception may cross into nbdkit.
@@ -83,15 +64,6 @@ auto guarded(const char* what, F&& f, decltype(f()) failed) noexcept -> decltype
     nbdkit_set_error(EIO);
   }
   return failed;
-}
-
-// A result from the core: 0, or -errno to report to the client.
-int io_result(const char* what, uint32_t count, uint64_t offset, int r) {
-  if (r == 0) return 0;
-  nbdkit_error("%s: %s: %" PRIu32 " bytes at %" PRIu64 ": %s", what, g_opts.file.c_str(), count,
-               offset, std::strerror(-r));
-  nbdkit_set_error(-r);
-  return -1;
 }
 
 // True when stderr leads nowhere: nbdkit in the background without -v points it at
@@ -119,6 +91,7 @@ int loopdio_config(const char* key, const char* value) {
     apply_option(g_opts, key, value);
     // Paths are made absolute now: nbdkit changes to / when it forks into the background.
     std::string* path = std::strcmp(key, "file") == 0      ? &g_opts.file
+                        : std::strcmp(key, "dir") == 0     ? &g_opts.dir
                         : std::strcmp(key, "control") == 0 ? &g_opts.control
                                                            : nullptr;
     if (path && (*path)[0] != '/') {
@@ -132,69 +105,18 @@ int loopdio_config(const char* key, const char* value) {
 }
 
 int loopdio_config_complete() {
-  if (g_opts.file.empty()) {
-    nbdkit_error("file=PATH is required: the image file or block device to serve");
-    return -1;
-  }
   return guarded("config", [] {
     check_options(g_opts);
     return 0;
   }, -1);
 }
 
-// The engines in use: "libaio", "libaio+sync" after a fallback; the one asked for when idle.
-std::string engines_in_use() {
-  std::string in_use;
-  for (int i = 0; i < 3; ++i)
-    if (g_by_engine[i].load()) in_use += (in_use.empty() ? "" : "+") + std::string(kEngineNames[i]);
-  return in_use.empty() ? to_string(g_opts.engine) : in_use;
-}
-
-void add_status(Json& j) {
-  j["served_readonly"] = g_readonly_open || !g_backing->writable();
-  j["connections"] = g_connections.load();
-  j["max_connections"] = g_opts.max_connections;
-  j["in_flight"] = g_gate.in_flight();
-  Json engines = Json::object();
-  for (int i = 0; i < 3; ++i) engines[kEngineNames[i]] = g_by_engine[i].load();
-  j["engines"] = engines;
-  std::string in_use = engines_in_use();
-  j["aio_in_use"] = in_use;
-  BouncePool::Stats b = g_io->bounce_pool().stats();
-  j["bounce"] = {{"leased", b.leased}, {"cached", b.cached}, {"peak", b.peak},
-                 {"waits", b.waits}, {"total", g_opts.bounce_total},
-                 {"per_connection", g_opts.bounce_per_connection}};
-  j["description"] = g_backing->describe(in_use.c_str());
-}
-
-std::string control_command(std::string_view line) {
-  ControlContext ctx{*g_backing, g_gate, add_status};
-  return handle_control(line, ctx);
-}
-
 int loopdio_get_ready() {
   return guarded("get_ready", [] {
-    g_backing = Backing::open(g_opts);
-    for (const std::string& line : g_backing->findings()) nbdkit_debug("%s", line.c_str());
-    if (!g_backing->direct() && g_opts.direct_io == DirectIo::kAuto)
-      notice("direct I/O off, serving buffered: " + g_backing->direct_reason());
-    if (!g_backing->writable()) notice("serving " + g_opts.file + " read-only: " + g_backing->readonly_reason());
-    g_io = std::make_unique<AlignedIo>(g_backing->geometry(), g_locks, g_opts.bounce_total,
-                                       g_opts.bounce_per_connection);
-    g_engines = std::make_unique<EngineShare>(g_opts.engine, g_backing->fd());
-    if (g_backing->probe().fs_type == "fuse") {
-      // The kernel hands RWF_DSYNC to the FUSE server as a flag it may ignore.
-      g_io->use_fdatasync_for_fua();
-      notice("FUSE backing: FUA is a write followed by fdatasync");
-    }
-    const ProbeResult& p = g_backing->probe();
-    SpaceSupport sup;
-    sup.block_device = p.is_block_device;
-    sup.device_block = p.logical_block ? p.logical_block : 512;
-    sup.discard = p.discard_max > 0;
-    sup.zero_offload = p.write_zeroes_max > 0;
-    g_space = std::make_unique<SpaceOps>(*g_io, g_locks, sup);
-    if (!g_opts.control.empty()) g_control = std::make_unique<ControlServer>(g_opts.control, control_command);
+    g_service = std::make_unique<Service>(g_opts);
+    if (!g_opts.control.empty())
+      g_control = std::make_unique<ControlServer>(
+          g_opts.control, [](std::string_view line) { return g_service->control(line); });
     return 0;
   }, -1);
 }
@@ -209,123 +131,165 @@ int loopdio_after_fork() {
 
 void loopdio_cleanup() { g_control.reset(); }
 
-void* loopdio_open(int readonly) {
-  if (readonly && !g_readonly_open.exchange(true) && g_backing->writable())
-    notice("nbdkit -r: clients may not write, but the image is open read-write; "
-           "readonly=1 opens it read-only");
-  return guarded("open", [] {
-    if (g_connections.fetch_add(1) >= g_opts.max_connections) {
-      --g_connections;
-      throw Error("too many connections: max-connections=" +
-                  std::to_string(g_opts.max_connections) + " are open", EBUSY);
+int loopdio_list_exports(int, int, struct nbdkit_exports* exports) {
+  return guarded("list_exports", [&] {
+    if (!g_service->serves_dir()) return nbdkit_use_default_export(exports);
+    for (const std::string& name : g_service->export_names()) {
+      std::string d;
+      try {
+        d = g_service->describe(name);
+      } catch (const Error& e) {
+        d = std::string("loopdio: unavailable: ") + e.what();
+      }
+      if (nbdkit_add_export(exports, name.c_str(), d.c_str()) == -1) return -1;
     }
-    struct Undo {
-      bool armed = true;
-      ~Undo() { if (armed) --g_connections; }
-    } undo;
+    return 0;
+  }, -1);
+}
+
+const char* loopdio_default_export(int, int) {
+  return nbdkit_strdup_intern(g_opts.default_export.c_str());
+}
+
+void* loopdio_open(int readonly) {
+  return guarded("open", [&] {
+    const char* name = nbdkit_export_name();
     auto c = std::make_unique<Connection>();
-    c->engine = g_engines->acquire();
-    ++g_by_engine[engine_index(*c->engine)];
-    undo.armed = false;
+    c->exp = g_service->connect(name ? name : "");
+    try {
+      c->engine = c->exp->attach();
+    } catch (...) {
+      g_service->disconnect();
+      throw;
+    }
+    if (readonly) c->exp->note_readonly_client();
     return static_cast<void*>(c.release());
   }, static_cast<void*>(nullptr));
 }
 
 void loopdio_close(void* handle) {
   auto* c = static_cast<Connection*>(handle);
-  --g_by_engine[engine_index(*c->engine)];
+  c->exp->release(*c->engine);
   delete c;
-  --g_connections;
+  g_service->disconnect();
 }
 
-int64_t loopdio_get_size(void*) { return static_cast<int64_t>(g_backing->geometry().size); }
+Connection& conn(void* handle) { return *static_cast<Connection*>(handle); }
 
-int loopdio_block_size(void*, uint32_t* minimum, uint32_t* preferred, uint32_t* maximum) {
-  *minimum = g_backing->min_block();
-  *preferred = g_backing->preferred_block();
-  *maximum = g_backing->max_block();
+int64_t loopdio_get_size(void* h) {
+  return static_cast<int64_t>(conn(h).exp->backing().geometry().size);
+}
+
+int loopdio_block_size(void* h, uint32_t* minimum, uint32_t* preferred, uint32_t* maximum) {
+  const Backing& b = conn(h).exp->backing();
+  *minimum = b.min_block();
+  *preferred = b.preferred_block();
+  *maximum = b.max_block();
   return 0;
 }
 
-const char* loopdio_export_description(void* handle) {
-  auto* c = static_cast<Connection*>(handle);
+const char* loopdio_export_description(void* h) {
   return guarded("export_description", [&] {
-    return nbdkit_strdup_intern(g_backing->describe(c->engine->name()).c_str());
+    return nbdkit_strdup_intern(conn(h).exp->describe().c_str());
   }, static_cast<const char*>(nullptr));
 }
 
-int loopdio_can_write(void*) { return g_backing->writable(); }
+int loopdio_can_write(void* h) { return conn(h).exp->backing().writable(); }
 int loopdio_can_flush(void*) { return 1; }
 int loopdio_can_fua(void*) { return NBDKIT_FUA_NATIVE; }
-// Every connection shares one fd, so a flush on any of them covers the writes of all.
+// Every connection to an export shares one fd, so a flush on any of them covers all.
 int loopdio_can_multi_conn(void*) { return 1; }
-int loopdio_can_trim(void*) { return g_backing->writable() && g_space->can_trim(); }
+int loopdio_can_trim(void* h) {
+  Export& x = *conn(h).exp;
+  return x.backing().writable() && x.space().can_trim();
+}
 // Zeroes are always possible: the kernel offloads them, or they are written.
-int loopdio_can_zero(void*) { return g_backing->writable(); }
+int loopdio_can_zero(void* h) { return conn(h).exp->backing().writable(); }
 // A fast zero that cannot be cheap fails at once with ENOTSUP, as the protocol asks.
-int loopdio_can_fast_zero(void*) { return g_backing->writable(); }
+int loopdio_can_fast_zero(void* h) { return conn(h).exp->backing().writable(); }
 // Block devices have no holes to report: everything is data (nbdkit's default).
-int loopdio_can_extents(void*) { return !g_backing->probe().is_block_device; }
+int loopdio_can_extents(void* h) { return !conn(h).exp->backing().probe().is_block_device; }
 // Native: a no-op with direct I/O (no page cache to fill), readahead when buffered.
 int loopdio_can_cache(void*) { return NBDKIT_CACHE_NATIVE; }
 
-int loopdio_pread(void* handle, void* buf, uint32_t count, uint64_t offset, uint32_t) {
-  auto* c = static_cast<Connection*>(handle);
-  DrainGate::Pass pass(g_gate);
-  int r = g_io->read(*c->engine, g_backing->mode(), buf, count, offset, &c->bounce);
-  return io_result("read", count, offset, r);
-}
-
-int loopdio_pwrite(void* handle, const void* buf, uint32_t count, uint64_t offset, uint32_t flags) {
-  auto* c = static_cast<Connection*>(handle);
-  DrainGate::Pass pass(g_gate);
-  int r = g_io->write(*c->engine, g_backing->mode(), buf, count, offset, flags & NBDKIT_FLAG_FUA,
-                      &c->bounce);
-  return io_result("write", count, offset, r);
-}
-
-int loopdio_flush(void* handle, uint32_t) {
-  auto* c = static_cast<Connection*>(handle);
-  DrainGate::Pass pass(g_gate);
-  return io_result("flush", 0, 0, g_io->flush(*c->engine, g_backing->mode()));
-}
-
-int loopdio_trim(void* handle, uint32_t count, uint64_t offset, uint32_t flags) {
-  auto* c = static_cast<Connection*>(handle);
-  DrainGate::Pass pass(g_gate);
-  int r = g_space->trim(*c->engine, g_backing->mode(), count, offset, flags & NBDKIT_FLAG_FUA);
-  return io_result("trim", count, offset, r);
-}
-
-int loopdio_zero(void* handle, uint32_t count, uint64_t offset, uint32_t flags) {
-  auto* c = static_cast<Connection*>(handle);
-  DrainGate::Pass pass(g_gate);
-  ZeroFlags f;
-  f.may_trim = flags & NBDKIT_FLAG_MAY_TRIM;
-  f.fua = flags & NBDKIT_FLAG_FUA;
-  f.fast = flags & NBDKIT_FLAG_FAST_ZERO;
-  int r = g_space->zero(*c->engine, g_backing->mode(), count, offset, f, &c->bounce);
-  if (r == -ENOTSUP && f.fast) {  // the expected answer to a fast zero, not an error to log
-    nbdkit_set_error(ENOTSUP);
-    return -1;
+// Serves one request: through the export's drain gate (unless `gated` is false), timed and
+// counted; returns 0, or -1 with the error set for nbdkit (a fast zero's ENOTSUP is the
+// expected answer, not an error to log).
+template <typename F>
+int serve(void* h, Cmd cmd, const char* what, uint32_t count, uint64_t offset, F&& body,
+          bool gated = true) {
+  Connection& c = conn(h);
+  const auto t0 = Clock::now();
+  int r;
+  if (gated) {
+    DrainGate::Pass pass(c.exp->gate());
+    r = body(c);
+  } else {
+    r = body(c);
   }
-  return io_result("zero", count, offset, r);
+  auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
+  c.exp->stats().request(cmd, count, static_cast<std::uint64_t>(ns), r);
+  if (r == 0) return 0;
+  if (!(cmd == Cmd::kZero && r == -ENOTSUP))
+    nbdkit_error("%s: %s: %" PRIu32 " bytes at %" PRIu64 ": %s", what,
+                 c.exp->options().file.c_str(), count, offset, std::strerror(-r));
+  nbdkit_set_error(-r);
+  return -1;
 }
 
-int loopdio_extents(void*, uint32_t count, uint64_t offset, uint32_t flags,
+int loopdio_pread(void* h, void* buf, uint32_t count, uint64_t offset, uint32_t) {
+  return serve(h, Cmd::kRead, "read", count, offset, [&](Connection& c) {
+    return c.exp->io().read(*c.engine, c.exp->backing().mode(), buf, count, offset, &c.bounce);
+  });
+}
+
+int loopdio_pwrite(void* h, const void* buf, uint32_t count, uint64_t offset, uint32_t flags) {
+  return serve(h, Cmd::kWrite, "write", count, offset, [&](Connection& c) {
+    return c.exp->io().write(*c.engine, c.exp->backing().mode(), buf, count, offset,
+                             flags & NBDKIT_FLAG_FUA, &c.bounce);
+  });
+}
+
+int loopdio_flush(void* h, uint32_t) {
+  return serve(h, Cmd::kFlush, "flush", 0, 0, [&](Connection& c) {
+    return c.exp->io().flush(*c.engine, c.exp->backing().mode());
+  });
+}
+
+int loopdio_trim(void* h, uint32_t count, uint64_t offset, uint32_t flags) {
+  return serve(h, Cmd::kTrim, "trim", count, offset, [&](Connection& c) {
+    return c.exp->space().trim(*c.engine, c.exp->backing().mode(), count, offset,
+                               flags & NBDKIT_FLAG_FUA);
+  });
+}
+
+int loopdio_zero(void* h, uint32_t count, uint64_t offset, uint32_t flags) {
+  return serve(h, Cmd::kZero, "zero", count, offset, [&](Connection& c) {
+    ZeroFlags f;
+    f.may_trim = flags & NBDKIT_FLAG_MAY_TRIM;
+    f.fua = flags & NBDKIT_FLAG_FUA;
+    f.fast = flags & NBDKIT_FLAG_FAST_ZERO;
+    return c.exp->space().zero(*c.engine, c.exp->backing().mode(), count, offset, f, &c.bounce);
+  });
+}
+
+int loopdio_extents(void* h, uint32_t count, uint64_t offset, uint32_t flags,
                     struct nbdkit_extents* extents) {
-  const uint64_t base = g_backing->geometry().base;
-  int r = map_extents(g_backing->fd(), base + offset, base + offset + count,
-                      flags & NBDKIT_FLAG_REQ_ONE, [&](uint64_t off, uint64_t len, bool hole) {
-                        uint32_t type = hole ? NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO : 0;
-                        return nbdkit_add_extent(extents, off - base, len, type) == 0 ? 0 : -EIO;
-                      });
-  return io_result("extents", count, offset, r);
+  return serve(h, Cmd::kExtents, "extents", count, offset, [&](Connection& c) {
+    const Backing& b = c.exp->backing();
+    const uint64_t base = b.geometry().base;
+    return map_extents(b.fd(), base + offset, base + offset + count, flags & NBDKIT_FLAG_REQ_ONE,
+                       [&](uint64_t off, uint64_t len, bool hole) {
+                         uint32_t type = hole ? NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO : 0;
+                         return nbdkit_add_extent(extents, off - base, len, type) == 0 ? 0 : -EIO;
+                       });
+  }, false);
 }
 
-int loopdio_cache(void*, uint32_t count, uint64_t offset, uint32_t) {
-  DrainGate::Pass pass(g_gate);
-  return io_result("cache", count, offset, g_space->cache(g_backing->mode(), count, offset));
+int loopdio_cache(void* h, uint32_t count, uint64_t offset, uint32_t) {
+  return serve(h, Cmd::kCache, "cache", count, offset, [&](Connection& c) {
+    return c.exp->space().cache(c.exp->backing().mode(), count, offset);
+  });
 }
 
 void loopdio_dump_plugin() {
@@ -334,7 +298,9 @@ void loopdio_dump_plugin() {
 }
 
 const char kHelp[] =
-    "file=PATH            (required) The image file or block device to serve.\n"
+    "file=PATH            The image file or block device to serve, or\n"
+    "dir=DIR              a directory of them: each file is an export named by its name.\n"
+    "default-export=NAME  With dir=: what a client asking for no name gets.\n"
     "directio=auto|1|0    O_DIRECT: auto (default) when the backing allows it; 1 demands it;\n"
     "                     0 serves buffered through the same code path.\n"
     "aio=libaio|io_uring|sync\n"
@@ -343,7 +309,7 @@ const char kHelp[] =
     "sizelimit=SIZE       Serve at most this many bytes (losetup --sizelimit).\n"
     "sector-size=N        512, 1024, 2048 or 4096: the advertised minimum block size\n"
     "                     (a multiple of the direct-I/O alignment).\n"
-    "control=PATH         A root-only Unix socket for status and run-time switches.\n"
+    "control=PATH         A root-only Unix socket for status, statistics and switches.\n"
     "readonly=1           Open the image read-only (use with nbdkit -r).\n"
     "max-connections=N    Refuse clients beyond N connections at once (default 64).\n"
     "bounce-total=SIZE    Bounce memory of the whole server (default 64M).\n"
@@ -365,6 +331,8 @@ struct nbdkit_plugin make_plugin() {
   p.after_fork = loopdio_after_fork;
   p.cleanup = loopdio_cleanup;
   p.unload = loopdio_cleanup;
+  p.list_exports = loopdio_list_exports;
+  p.default_export = loopdio_default_export;
   p.open = loopdio_open;
   p.close = loopdio_close;
   p.get_size = loopdio_get_size;

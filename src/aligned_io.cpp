@@ -119,6 +119,7 @@ int AlignedIo::read(Engine& e, const IoMode& m, void* buf, std::size_t len,
     const ReadPlan p = plan_read(m, buf, len, foff);
     auto* out = static_cast<char*>(buf);
     if (!p.bounce) return read_into(e, m, out, p.io);
+    if (stats_) stats_->bounced(len);
     const std::size_t window = bounce_.window();
     for (std::uint64_t w = p.io.start; w < p.io.end; w += window) {
       const Extent win{w, std::min<std::uint64_t>(p.io.end, w + window)};
@@ -142,6 +143,8 @@ int AlignedIo::write(Engine& e, const IoMode& m, const void* buf, std::size_t le
     const WritePlan p = plan_write(m, buf, len, foff);
     std::optional<RangeLock::Guard> guard;
     if (p.lock) guard.emplace(locks_, p.io.start, p.io.end, p.exclusive);
+    if (stats_ && p.bounce) stats_->bounced(len);
+    if (stats_ && p.exclusive) stats_->rmw();
     return write_locked(e, m, p, static_cast<const char*>(buf), len, foff, fua, client);
   } catch (const std::bad_alloc&) {
     return -ENOMEM;
@@ -208,8 +211,10 @@ int AlignedIo::write_bounced(Engine& e, const IoMode& m, const WritePlan& p, con
 // The caller then makes the write durable with fdatasync.
 int AlignedIo::write_dsync_fallback(Engine& e, const IoMode& m, char* src, Extent ext) {
   int r = write_from(e, m, src, ext, false);
-  if (r == 0 && dsync_ok_.exchange(false))
+  if (r == 0 && dsync_ok_.exchange(false)) {
     notice("the kernel refuses RWF_DSYNC writes: FUA is now a write followed by fdatasync");
+    if (stats_) stats_->fallback();
+  }
   return r;
 }
 

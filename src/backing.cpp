@@ -43,33 +43,57 @@ std::string human_size(std::uint64_t b) {
 std::unique_ptr<Backing> Backing::open(const Options& o, const ProbeHooks& hooks) {
   std::unique_ptr<Backing> b(new Backing);
   b->opts_ = o;
-  b->open_fd();
-  b->probe_ = loopdio::probe(o.file, b->fd_.get(), hooks);
-  b->apply_geometry();
-  b->decide_direct();
+  b->open_fd(AT_FDCWD, o.file);
+  b->finish_open(hooks);
   return b;
 }
 
-void Backing::open_fd() {
+std::unique_ptr<Backing> Backing::open_in(int dirfd, const std::string& name, const Options& o) {
+  std::unique_ptr<Backing> b(new Backing);
+  b->opts_ = o;
+  b->open_fd(dirfd, name);
+  b->finish_open(ProbeHooks::real());
+  return b;
+}
+
+void Backing::finish_open(const ProbeHooks& hooks) {
+  probe_ = loopdio::probe(opts_.file, fd_.get(), hooks);
+  apply_geometry();
+  decide_direct();
+}
+
+// Opens `name` relative to `dirfd` (AT_FDCWD: a path). Inside a directory of exports a
+// symbolic link is never followed. O_NONBLOCK keeps a FIFO swapped in after the check from
+// blocking the open; the type is checked again on what was opened.
+void Backing::open_fd(int dirfd, const std::string& name) {
   const std::string& path = opts_.file;
+  const int nofollow = dirfd == AT_FDCWD ? 0 : O_NOFOLLOW;
   struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) throw sys_error("file=" + path);
+  if (::fstatat(dirfd, name.c_str(), &st, nofollow ? AT_SYMLINK_NOFOLLOW : 0) != 0)
+    throw sys_error("file=" + path);
   if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
     throw Error("file=" + path + ": is " + kind_of(st.st_mode) +
                 ", not a regular file or block device");
+  const int flags = O_CLOEXEC | O_NOCTTY | O_NONBLOCK | nofollow;
   if (opts_.readonly) {
     writable_ = false;
     readonly_reason_ = "readonly=1";
-    fd_.reset(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    fd_.reset(::openat(dirfd, name.c_str(), O_RDONLY | flags));
   } else {
-    fd_.reset(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+    fd_.reset(::openat(dirfd, name.c_str(), O_RDWR | flags));
     if (!fd_ && (errno == EACCES || errno == EROFS || errno == EPERM || errno == ETXTBSY)) {
       readonly_reason_ = std::string("cannot open for writing: ") + std::strerror(errno);
       writable_ = false;
-      fd_.reset(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+      fd_.reset(::openat(dirfd, name.c_str(), O_RDONLY | flags));
     }
   }
   if (!fd_) throw sys_error("file=" + path + ": open");
+  struct stat opened {};
+  if (::fstat(fd_.get(), &opened) != 0) throw sys_error("file=" + path + ": fstat");
+  if (opened.st_ino != st.st_ino || opened.st_dev != st.st_dev)
+    throw Error("file=" + path + ": replaced while it was being opened");
+  if (::fcntl(fd_.get(), F_SETFL, ::fcntl(fd_.get(), F_GETFL) & ~O_NONBLOCK) != 0)
+    throw sys_error("file=" + path + ": fcntl");
   if (writable_ && S_ISBLK(st.st_mode)) {
     int ro = 0;
     if (::ioctl(fd_.get(), BLKROGET, &ro) == 0 && ro) {

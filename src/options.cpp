@@ -96,6 +96,11 @@ void apply_option(Options& o, std::string_view key, std::string_view value) {
   if (key == "file") {
     if (value.empty()) bad(key, value, "empty path");
     o.file = value;
+  } else if (key == "dir") {
+    if (value.empty()) bad(key, value, "empty path");
+    o.dir = value;
+  } else if (key == "default-export" || key == "default_export") {
+    o.default_export = value;
   } else if (key == "directio" || key == "direct-io" || key == "direct_io") {
     o.direct_io = parse_direct_io(key, value);
   } else if (key == "aio" || key == "engine") {
@@ -130,6 +135,14 @@ void apply_option(Options& o, std::string_view key, std::string_view value) {
 }
 
 void check_options(const Options& o) {
+  if (o.file.empty() && o.dir.empty())
+    throw Error("file=PATH or dir=DIR is required: the image, or a directory of images, to serve");
+  if (!o.file.empty() && !o.dir.empty())
+    throw Error("file= and dir= exclude each other: serve one image, or a directory of them");
+  if (!o.dir.empty() && (o.offset || o.sizelimit))
+    throw Error("offset= and sizelimit= apply to one image (file=), not to dir=");
+  if (o.dir.empty() && !o.default_export.empty())
+    throw Error("default-export= applies to dir=");
   if (o.bounce_per_connection > o.bounce_total)
     throw Error("bounce-per-connection=" + std::to_string(o.bounce_per_connection) +
                 " is larger than bounce-total=" + std::to_string(o.bounce_total));

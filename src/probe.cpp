@@ -116,9 +116,9 @@ void probe_by_trial_reads(const ProbeHooks& h, int dfd, ProbeResult& r) {
   r.align = {off.align, mem.align, "trial reads"};
 }
 
-void probe_alignment(const std::string& path, const ProbeHooks& h, const struct stat& st,
+void probe_alignment(int fd, const ProbeHooks& h, const struct stat& st,
                      ProbeResult& r) {
-  UniqueFd dfd(h.open_direct(path));
+  UniqueFd dfd(h.open_direct(fd));
   if (!dfd) {
     r.dio_reason = (r.fs_type.empty() ? std::string("the filesystem") : r.fs_type) +
                    " refuses O_DIRECT (open: " + std::strerror(errno) + ")";
@@ -162,8 +162,10 @@ ProbeHooks ProbeHooks::real() {
     if (!in || !std::getline(in, s)) return std::nullopt;
     return s;
   };
-  h.open_direct = [](const std::string& path) {
-    return ::open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+  // Reopened through /proc: the same inode as `fd`, whatever the path now names.
+  h.open_direct = [](int fd) {
+    std::string self = "/proc/self/fd/" + std::to_string(fd);
+    return ::open(self.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
   };
   h.pread = [](int fd, void* buf, std::size_t len, std::uint64_t off) {
     return static_cast<long>(::pread(fd, buf, len, static_cast<off_t>(off)));
@@ -200,7 +202,7 @@ ProbeResult probe(const std::string& path, int fd, const ProbeHooks& h) {
     if (auto v = queue_attr(h, st.st_dev, "logical_block_size")) r.logical_block = *v;
     if (auto v = queue_attr(h, st.st_dev, "physical_block_size")) r.physical_block = *v;
   }
-  probe_alignment(path, h, st, r);
+  probe_alignment(fd, h, st, r);
   return r;
 }
 

@@ -38,7 +38,10 @@ std::uint64_t SpaceOps::granularity(const IoMode& m) const {
 }
 
 int SpaceOps::switch_off(std::atomic<bool>& cap, const char* what) {
-  if (cap.exchange(false)) notice(std::string(what) + " is not supported by the backing: switched off");
+  if (cap.exchange(false)) {
+    notice(std::string(what) + " is not supported by the backing: switched off");
+    if (stats_) stats_->fallback();
+  }
   return -EOPNOTSUPP;
 }
 

@@ -10,10 +10,12 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 #include "loopdio/bounce_pool.h"
 #include "loopdio/engine.h"
 #include "loopdio/range_lock.h"
+#include "loopdio/stats.h"
 
 namespace loopdio {
 
@@ -64,13 +66,20 @@ WritePlan plan_write(const IoMode& m, const void* buf, std::size_t len, std::uin
 
 class AlignedIo {
  public:
-  // Bounce buffers: at most `bounce_total` bytes in all, `bounce_per_client` per client.
+  // Bounce buffers come from `pool` (the server's, shared by every export).
+  AlignedIo(const Geometry& g, RangeLock& locks, BouncePool& pool)
+      : geo_(g), locks_(locks), bounce_(pool) {}
+  // With a pool of its own: at most `bounce_total` bytes, `bounce_per_client` per client.
   AlignedIo(const Geometry& g, RangeLock& locks, std::size_t bounce_total = 64u << 20,
             std::size_t bounce_per_client = 16u << 20)
-      : geo_(g), locks_(locks), bounce_(bounce_total, bounce_per_client) {}
+      : geo_(g), locks_(locks),
+        own_pool_(std::make_unique<BouncePool>(bounce_total, bounce_per_client)),
+        bounce_(*own_pool_) {}
 
   const Geometry& geometry() const { return geo_; }
   BouncePool& bounce_pool() { return bounce_; }
+  // Where read-modify-writes, bounced bytes and fallbacks are counted (none: not counted).
+  void set_stats(Stats* s) { stats_ = s; }
 
   // `off` is relative to the export; `client` is charged for the bounce buffers (null: the
   // server's bound alone). Each returns 0 or -errno and never throws.
@@ -93,7 +102,9 @@ class AlignedIo {
 
   Geometry geo_;
   RangeLock& locks_;
-  BouncePool bounce_;
+  std::unique_ptr<BouncePool> own_pool_;
+  BouncePool& bounce_;
+  Stats* stats_ = nullptr;
   std::atomic<bool> dsync_ok_{true};  // the kernel takes RWF_DSYNC; off at its first refusal
 };
 

@@ -24,6 +24,9 @@ class Backing {
   // Opens and probes o.file and applies the options. Throws loopdio::Error with a one-line
   // message naming the parameter, the path and the reason on any problem.
   static std::unique_ptr<Backing> open(const Options& o, const ProbeHooks& hooks = ProbeHooks::real());
+  // The same for `name` in the directory open as `dirfd`, never following a symbolic link
+  // (o.file is then the path for messages).
+  static std::unique_ptr<Backing> open_in(int dirfd, const std::string& name, const Options& o);
 
   const Options& options() const { return opts_; }
   const ProbeResult& probe() const { return probe_; }
@@ -58,7 +61,8 @@ class Backing {
 
  private:
   Backing() = default;
-  void open_fd();
+  void open_fd(int dirfd, const std::string& name);
+  void finish_open(const ProbeHooks& hooks);
   void apply_geometry();
   void decide_direct();
 

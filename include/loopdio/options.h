@@ -22,7 +22,9 @@ inline constexpr std::uint64_t kDefaultBouncePerConnection = std::uint64_t{16} <
 inline constexpr std::uint64_t kMinBounce = std::uint64_t{1} << 20;
 
 struct Options {
-  std::string file;
+  std::string file;                        // one image (file=), or
+  std::string dir;                         // a directory of images, one export each (dir=)
+  std::string default_export;              // dir=: what the empty export name serves
   DirectIo direct_io = DirectIo::kAuto;
   EngineKind engine = EngineKind::kLibaio;
   std::uint64_t offset = 0;                // losetup -o
@@ -40,8 +42,9 @@ struct Options {
 // value. `file` and `control` are taken as given; the caller makes them absolute.
 void apply_option(Options& o, std::string_view key, std::string_view value);
 
-// Checks the options against each other once all are set (bounce-per-connection no larger
-// than bounce-total). Throws loopdio::Error naming the parameters.
+// Checks the options against each other once all are set (file= or dir=, offset= and
+// sizelimit= only with file=, bounce-per-connection no larger than bounce-total). Throws
+// loopdio::Error naming the parameters.
 void check_options(const Options& o);
 
 // "4096", "4k", "1M", "2G", "1T" (binary multiples, either case, optional "B"/"iB").

@@ -41,8 +41,9 @@ struct ProbeHooks {
   std::function<int(int fd, unsigned long request, void* arg)> ioctl;
   // Contents of a sysfs file, without the trailing newline; nullopt when it cannot be read.
   std::function<std::optional<std::string>(const std::string& path)> read_sysfs;
-  // Opens `path` read-only with O_DIRECT; returns an fd (owned by probe()) or -1.
-  std::function<int(const std::string& path)> open_direct;
+  // Opens the file that `fd` is open on again, read-only with O_DIRECT; returns an fd
+  // (owned by probe()) or -1.
+  std::function<int(int fd)> open_direct;
   std::function<long(int fd, void* buf, std::size_t len, std::uint64_t off)> pread;
   // lseek(SEEK_DATA): the first data at or after `off`, or -1.
   std::function<long long(int fd, std::uint64_t off)> seek_data;

@@ -31,6 +31,8 @@ class SpaceOps {
   SpaceOps(AlignedIo& io, RangeLock& locks, const SpaceSupport& s) : io_(io), locks_(locks), s_(s) {}
 
   bool can_trim() const { return !s_.block_device || s_.discard; }
+  // Where capabilities switched off are counted as fallbacks (none: not counted).
+  void set_stats(Stats* s) { stats_ = s; }
 
   // `off` is relative to the export. Each returns 0 or -errno and never throws. A fast zero
   // that cannot be cheap returns -ENOTSUP before touching anything.
@@ -52,6 +54,7 @@ class SpaceOps {
   AlignedIo& io_;
   RangeLock& locks_;
   SpaceSupport s_;
+  Stats* stats_ = nullptr;
   // Kernel capabilities, on until the first EOPNOTSUPP.
   std::atomic<bool> punch_{true};       // fallocate(PUNCH_HOLE|KEEP_SIZE)
   std::atomic<bool> zero_range_{true};  // fallocate(ZERO_RANGE|KEEP_SIZE) on files

@@ -42,7 +42,7 @@ ProbeHooks file_hooks() {
     if (p == "/sys/dev/block/254:1/../queue/physical_block_size") return "4096";
     return std::nullopt;
   };
-  h.open_direct = [](const std::string&) { return ::open("/dev/null", O_RDONLY | O_CLOEXEC); };
+  h.open_direct = [](int) { return ::open("/dev/null", O_RDONLY | O_CLOEXEC); };
   h.pread = [](int, void*, std::size_t, std::uint64_t) -> long {
     errno = EINVAL;
     return -1;
@@ -80,7 +80,7 @@ TEST(Probe, StatxSaysNoDirectIo) {
 
 TEST(Probe, OpenWithODirectRefused) {
   ProbeHooks h = file_hooks();
-  h.open_direct = [](const std::string&) {
+  h.open_direct = [](int) {
     errno = EINVAL;
     return -1;
   };

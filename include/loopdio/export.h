@@ -1,0 +1,76 @@
+// One export: an image and everything its connections share: the backing and what was
+// decided about it, the alignment layer with its range locks and bounce pool, trim and zero,
+// the drain gate of its run-time switches, its engine, its live statistics, and its
+// connections counted by the engine each one uses.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "loopdio/aligned_io.h"
+#include "loopdio/backing.h"
+#include "loopdio/drain_gate.h"
+#include "loopdio/engine_share.h"
+#include "loopdio/json.h"
+#include "loopdio/options.h"
+#include "loopdio/range_lock.h"
+#include "loopdio/space_ops.h"
+#include "loopdio/stats.h"
+
+namespace loopdio {
+
+class Export {
+ public:
+  // Opens and probes o.file (or `name` in the directory `dirfd`, following no symbolic
+  // link) and says what it decided (notices). Bounce buffers come from `pool`, the
+  // server's; `stats` outlive the export (they count for the server's life). Throws
+  // loopdio::Error.
+  static std::unique_ptr<Export> open(const Options& o, BouncePool& pool,
+                                      std::shared_ptr<Stats> stats, const std::string& name = "",
+                                      int dirfd = -1);
+  Export(const Export&) = delete;
+  Export& operator=(const Export&) = delete;
+
+  const std::string& name() const { return name_; }
+  const Options& options() const { return backing_->options(); }
+  Backing& backing() { return *backing_; }
+  const Backing& backing() const { return *backing_; }
+  AlignedIo& io() { return *io_; }
+  SpaceOps& space() { return *space_; }
+  DrainGate& gate() { return gate_; }
+  Stats& stats() { return *stats_; }
+
+  // A connection starts and ends: the engine it uses (shared with the export's other
+  // connections), counted until release().
+  std::shared_ptr<Engine> attach();
+  void release(const Engine& e);
+  // A connection was opened read-only by nbdkit (-r); says once if the image is writable.
+  void note_readonly_client();
+
+  unsigned connections() const { return connections_.load(); }
+  // "libaio", "libaio+sync" after a fallback; the engine asked for while idle.
+  std::string engines_in_use() const;
+  // The export description: file, direct I/O, alignment, engines, sector size.
+  std::string describe() const;
+  // Everything `loopdio list` and `stat` show, as JSON members of `j`.
+  void status(Json& j);
+
+ private:
+  Export() = default;
+  static int engine_index(const Engine& e);
+
+  std::string name_;
+  std::unique_ptr<Backing> backing_;
+  RangeLock locks_;  // before io_ and space_, which hold references to it
+  std::unique_ptr<AlignedIo> io_;
+  std::unique_ptr<SpaceOps> space_;
+  std::unique_ptr<EngineShare> engines_;
+  DrainGate gate_;
+  std::shared_ptr<Stats> stats_;
+  std::atomic<unsigned> connections_{0};
+  std::atomic<int> by_engine_[3] = {};
+  std::atomic<bool> readonly_client_{false};
+};
+
+}  // namespace loopdio

@@ -1,0 +1,107 @@
+// One export and what its connections share; see export.h.
+#include "loopdio/export.h"
+
+#include <cstring>
+
+#include "loopdio/log.h"
+
+namespace loopdio {
+namespace {
+
+const char* const kEngineNames[3] = {"libaio", "io_uring", "sync"};
+
+SpaceSupport space_support(const ProbeResult& p) {
+  SpaceSupport sup;
+  sup.block_device = p.is_block_device;
+  sup.device_block = p.logical_block ? p.logical_block : 512;
+  sup.discard = p.discard_max > 0;
+  sup.zero_offload = p.write_zeroes_max > 0;
+  return sup;
+}
+
+}  // namespace
+
+std::unique_ptr<Export> Export::open(const Options& o, BouncePool& pool,
+                                     std::shared_ptr<Stats> stats, const std::string& name,
+                                     int dirfd) {
+  std::unique_ptr<Export> x(new Export);
+  x->name_ = name;
+  x->stats_ = std::move(stats);
+  x->backing_ = dirfd >= 0 ? Backing::open_in(dirfd, name, o) : Backing::open(o);
+  Backing& b = *x->backing_;
+  if (!b.direct() && o.direct_io == DirectIo::kAuto)
+    notice("direct I/O off, serving buffered: " + b.direct_reason());
+  if (!b.writable()) notice("serving " + o.file + " read-only: " + b.readonly_reason());
+  x->io_ = std::make_unique<AlignedIo>(b.geometry(), x->locks_, pool);
+  x->io_->set_stats(x->stats_.get());
+  if (b.probe().fs_type == "fuse") {
+    // The kernel hands RWF_DSYNC to the FUSE server as a flag it may ignore.
+    x->io_->use_fdatasync_for_fua();
+    notice("FUSE backing: FUA is a write followed by fdatasync");
+  }
+  x->space_ = std::make_unique<SpaceOps>(*x->io_, x->locks_, space_support(b.probe()));
+  x->space_->set_stats(x->stats_.get());
+  x->engines_ = std::make_unique<EngineShare>(o.engine, b.fd());
+  return x;
+}
+
+int Export::engine_index(const Engine& e) {
+  for (int i = 0; i < 3; ++i)
+    if (std::strcmp(e.name(), kEngineNames[i]) == 0) return i;
+  return 2;
+}
+
+std::shared_ptr<Engine> Export::attach() {
+  std::shared_ptr<Engine> e = engines_->acquire();
+  if (std::strcmp(e->name(), to_string(options().engine)) != 0) stats_->fallback();
+  ++by_engine_[engine_index(*e)];
+  ++connections_;
+  return e;
+}
+
+void Export::release(const Engine& e) {
+  --by_engine_[engine_index(e)];
+  --connections_;
+}
+
+void Export::note_readonly_client() {
+  if (!readonly_client_.exchange(true) && backing_->writable())
+    notice("nbdkit -r: clients may not write, but " + options().file +
+           " is open read-write; readonly=1 opens it read-only");
+}
+
+std::string Export::engines_in_use() const {
+  std::string in_use;
+  for (int i = 0; i < 3; ++i)
+    if (by_engine_[i].load()) in_use += (in_use.empty() ? "" : "+") + std::string(kEngineNames[i]);
+  return in_use.empty() ? to_string(options().engine) : in_use;
+}
+
+std::string Export::describe() const { return backing_->describe(engines_in_use().c_str()); }
+
+void Export::status(Json& j) {
+  const Backing& b = *backing_;
+  const Options& o = b.options();
+  if (!name_.empty()) put_path(j, "name", name_);
+  put_path(j, "file", o.file);
+  j["size"] = b.geometry().size;
+  j["offset"] = b.geometry().base;
+  j["sizelimit"] = o.sizelimit ? Json(*o.sizelimit) : Json(nullptr);
+  j["readonly"] = !b.writable();
+  j["served_readonly"] = readonly_client_.load() || !b.writable();
+  auto [on, why] = b.direct_state();
+  j["dio"] = on;
+  j["dio_reason"] = why;
+  j["aio"] = to_string(o.engine);
+  j["aio_in_use"] = engines_in_use();
+  Json engines = Json::object();
+  for (int i = 0; i < 3; ++i) engines[kEngineNames[i]] = by_engine_[i].load();
+  j["engines"] = engines;
+  j["log_sec"] = b.min_block();
+  j["alignment"] = b.probe().dio_supported ? b.probe().align.offset : 0;
+  j["connections"] = connections_.load();
+  j["in_flight"] = gate_.in_flight();
+  j["description"] = describe();
+}
+
+}  // namespace loopdio

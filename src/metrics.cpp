@@ -1,0 +1,143 @@
+// Statistics as JSON and as Prometheus text; see metrics.h.
+#include "loopdio/metrics.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+
+namespace loopdio {
+namespace {
+
+// A label value: backslash, double quote and newline escaped; invalid UTF-8 replaced.
+std::string label(const std::string& v) {
+  std::string utf8 = is_utf8(v) ? v : Json::parse(dump_line(Json(v))).get<std::string>();
+  std::string r;
+  for (char c : utf8) {
+    if (c == '\\') r += "\\\\";
+    else if (c == '"') r += "\\\"";
+    else if (c == '\n') r += "\\n";
+    else r += c;
+  }
+  return r;
+}
+
+std::string number(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.9g", v);
+  return buf;
+}
+
+class Writer {
+ public:
+  void family(const char* name, const char* type, const char* help) {
+    out_ += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+  }
+  void sample(const std::string& name, const std::string& labels, double v) {
+    out_ += name + "{" + labels + "} " + number(v) + "\n";
+  }
+  std::string take() { return std::move(out_); }
+
+ private:
+  std::string out_;
+};
+
+std::string export_label(const ExportMetrics& m) { return "export=\"" + label(m.name) + "\""; }
+
+}  // namespace
+
+std::string errno_name(int e) {
+  const char* n = e > 0 ? ::strerrorname_np(e) : nullptr;
+  return n ? n : "errno " + std::to_string(e);
+}
+
+Json metrics_json(const ExportMetrics& m) {
+  Json j;
+  put_path(j, "name", m.name);
+  put_path(j, "file", m.file);
+  j["open"] = m.open;
+  j["connections"] = m.connections;
+  j["in_flight"] = m.in_flight;
+  j["dio"] = m.direct;
+  Json cmds = Json::object();
+  for (int c = 0; c < kCmds; ++c) {
+    const StatsSnapshot::PerCmd& p = m.stats.cmd[c];
+    cmds[to_string(static_cast<Cmd>(c))] = {
+        {"requests", p.requests}, {"bytes", p.bytes}, {"errors", p.errors},
+        {"latency_ns", p.latency_ns}, {"p50_us", p.quantile_us(0.5)},
+        {"p99_us", p.quantile_us(0.99)}, {"p999_us", p.quantile_us(0.999)},
+        {"buckets", p.buckets}};
+  }
+  j["commands"] = cmds;
+  Json errors = Json::object();
+  for (int e = 0; e < kMaxErrno; ++e)
+    if (m.stats.errors[e]) errors[e ? errno_name(e) : "other"] = m.stats.errors[e];
+  j["errors"] = errors;
+  j["read_modify_writes"] = m.stats.rmw;
+  j["bounced_bytes"] = m.stats.bounced_bytes;
+  j["fallbacks"] = m.stats.fallbacks;
+  return j;
+}
+
+std::string prometheus_text(const std::vector<ExportMetrics>& exports) {
+  Writer w;
+  auto per_cmd = [&](const char* name, const char* help, auto value) {
+    w.family(name, "counter", help);
+    for (const ExportMetrics& m : exports)
+      for (int c = 0; c < kCmds; ++c)
+        w.sample(name, export_label(m) + ",command=\"" + to_string(static_cast<Cmd>(c)) + "\"",
+                 static_cast<double>(value(m.stats.cmd[c])));
+  };
+  per_cmd("loopdio_requests_total", "NBD requests served, by command.",
+          [](const StatsSnapshot::PerCmd& p) { return p.requests; });
+  per_cmd("loopdio_bytes_total", "Bytes moved by requests that succeeded, by command.",
+          [](const StatsSnapshot::PerCmd& p) { return p.bytes; });
+  per_cmd("loopdio_request_errors_total", "Requests that failed, by command.",
+          [](const StatsSnapshot::PerCmd& p) { return p.errors; });
+
+  w.family("loopdio_errors_total", "counter", "Requests that failed, by errno.");
+  for (const ExportMetrics& m : exports)
+    for (int e = 0; e < kMaxErrno; ++e)
+      if (m.stats.errors[e])
+        w.sample("loopdio_errors_total",
+                 export_label(m) + ",errno=\"" + (e ? errno_name(e) : "other") + "\"",
+                 static_cast<double>(m.stats.errors[e]));
+
+  auto per_export = [&](const char* name, const char* type, const char* help, auto value) {
+    w.family(name, type, help);
+    for (const ExportMetrics& m : exports) w.sample(name, export_label(m), static_cast<double>(value(m)));
+  };
+  per_export("loopdio_read_modify_writes_total", "counter",
+             "Writes that read partial blocks first.", [](const ExportMetrics& m) { return m.stats.rmw; });
+  per_export("loopdio_bounced_bytes_total", "counter",
+             "Bytes copied through aligned bounce buffers.",
+             [](const ExportMetrics& m) { return m.stats.bounced_bytes; });
+  per_export("loopdio_fallbacks_total", "counter",
+             "Times a kernel feature was refused and something else used instead.",
+             [](const ExportMetrics& m) { return m.stats.fallbacks; });
+  per_export("loopdio_requests_in_flight", "gauge", "Requests being served now.",
+             [](const ExportMetrics& m) { return m.in_flight; });
+  per_export("loopdio_connections", "gauge", "Client connections open now.",
+             [](const ExportMetrics& m) { return m.connections; });
+  per_export("loopdio_direct_io", "gauge", "1 while the export is served with O_DIRECT.",
+             [](const ExportMetrics& m) { return m.direct ? 1 : 0; });
+
+  const char* h = "loopdio_request_duration_seconds";
+  w.family(h, "histogram", "Time from a request reaching the plugin to its reply, by command.");
+  for (const ExportMetrics& m : exports)
+    for (int c = 0; c < kCmds; ++c) {
+      const StatsSnapshot::PerCmd& p = m.stats.cmd[c];
+      std::string labels = export_label(m) + ",command=\"" + to_string(static_cast<Cmd>(c)) + "\"";
+      std::uint64_t cumulative = 0;
+      for (int b = 0; b < kLatencyBuckets - 1; ++b) {
+        cumulative += p.buckets[b];
+        w.sample(std::string(h) + "_bucket", labels + ",le=\"" + number(std::ldexp(1e-6, b)) + "\"",
+                 static_cast<double>(cumulative));
+      }
+      w.sample(std::string(h) + "_bucket", labels + ",le=\"+Inf\"", static_cast<double>(p.requests));
+      w.sample(std::string(h) + "_sum", labels, static_cast<double>(p.latency_ns) / 1e9);
+      w.sample(std::string(h) + "_count", labels, static_cast<double>(p.requests));
+    }
+  return w.take();
+}
+
+}  // namespace loopdio
