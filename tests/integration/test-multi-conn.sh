@@ -11,6 +11,7 @@ truncate -s 16M "$img"
 for dio in 1 0; do
   for engine in $ENGINES; do
     start_server -- file="$img" directio=$dio aio=$engine
+    assert_engine "$URI" "$engine"
     $PYTHON - "$URI" "$img" <<'PY' || fail "directio=$dio $engine: multi-conn flush"
 import os, sys, nbd, nbdtest
 uri, path = sys.argv[1:]
