@@ -13,15 +13,24 @@ export PYTHONPATH="$TESTS_DIR${PYTHONPATH:+:$PYTHONPATH}"
 ENGINES=${LOOPDIO_ENGINES:-libaio io_uring sync}
 
 PYTHON=/usr/bin/python3  # Debian's, which has the libnbd bindings
+export PYTHONDONTWRITEBYTECODE=1  # no __pycache__ left in the source tree
 
 T=$(mktemp -d /var/tmp/loopdio-test.XXXXXX)
+# A test writes only under $T: anything new in the working directory (ctest's build/tests)
+# when it ends fails it.
+_cwd_before=$(LC_ALL=C ls -A)
 # Cleanup commands go to a file, so that functions run in $(...) subshells can add theirs.
 _on_exit() {
-  local rc=$?
+  local rc=$? left
   if [ -f "$T/.cleanup" ]; then
     tac "$T/.cleanup" | while read -r cmd; do eval "$cmd" >/dev/null 2>&1 || true; done
   fi
   rm -rf "$T"
+  left=$(LC_ALL=C comm -13 <(echo "$_cwd_before") <(LC_ALL=C ls -A) | tr '\n' ' ')
+  if [ -n "$left" ] && [ $rc -ne 77 ]; then
+    echo "FAIL: the test left files in $PWD: $left" >&2
+    [ $rc -ne 0 ] || rc=1
+  fi
   exit $rc
 }
 trap _on_exit EXIT
