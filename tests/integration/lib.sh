@@ -89,12 +89,13 @@ make_fs() {
 # with the built plugin on a Unix socket; sets SOCK, URI, SERVER_PID, SERVER_LOG.
 # SERVER_WRAPPER (a command nbdkit runs under) and SERVER_PRELOAD (a library preloaded into
 # it), set for one call, change how that server runs.
-_nservers=0
 start_server() {
-  local opts=()
+  local opts=() _nservers
   while [ $# -gt 0 ] && [ "$1" != -- ]; do opts+=("$1"); shift; done
   [ "${1:-}" = -- ] && shift
-  _nservers=$((_nservers + 1))
+  # Counted in a file: a server started in a subshell must not reuse another's names.
+  _nservers=$(($(cat "$T/.nservers" 2>/dev/null || echo 0) + 1))
+  echo $_nservers >"$T/.nservers"
   SOCK=$T/nbd$_nservers.sock
   SERVER_LOG=$T/server$_nservers.log
   URI="nbd+unix:///?socket=$SOCK"
