@@ -1,8 +1,8 @@
 # Sourced by every integration test: scratch space on a real filesystem, filesystems of the
 # test's choosing (ext4, xfs on a 4K-sector loop device, tmpfs), a real nbdkit loading the
 # built plugin, and cleanup on every exit. A tool that is missing fails the test in CI
-# (CI=true) and skips it (exit 77) elsewhere; a kernel that lacks a feature skips it with the
-# reason printed.
+# (CI=true) and skips it (exit 77) elsewhere; only a kernel that truly lacks a feature (found
+# by asking the kernel, never by a missing file alone) skips it everywhere, with the reason.
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -13,15 +13,24 @@ export PYTHONPATH="$TESTS_DIR${PYTHONPATH:+:$PYTHONPATH}"
 ENGINES=${LOOPDIO_ENGINES:-libaio io_uring sync}
 
 PYTHON=/usr/bin/python3  # Debian's, which has the libnbd bindings
+export PYTHONDONTWRITEBYTECODE=1  # no __pycache__ left in the source tree
 
 T=$(mktemp -d /var/tmp/loopdio-test.XXXXXX)
+# A test writes only under $T: anything new in the working directory (ctest's build/tests)
+# when it ends fails it.
+_cwd_before=$(LC_ALL=C ls -A)
 # Cleanup commands go to a file, so that functions run in $(...) subshells can add theirs.
 _on_exit() {
-  local rc=$?
+  local rc=$? left
   if [ -f "$T/.cleanup" ]; then
     tac "$T/.cleanup" | while read -r cmd; do eval "$cmd" >/dev/null 2>&1 || true; done
   fi
   rm -rf "$T"
+  left=$(LC_ALL=C comm -13 <(echo "$_cwd_before") <(LC_ALL=C ls -A) | tr '\n' ' ')
+  if [ -n "$left" ] && [ $rc -ne 77 ]; then
+    echo "FAIL: the test left files in $PWD: $left" >&2
+    [ $rc -ne 0 ] || rc=1
+  fi
   exit $rc
 }
 trap _on_exit EXIT
@@ -34,7 +43,8 @@ skip() {
   echo "SKIP: $*" >&2
   exit 77
 }
-# Only for a kernel that truly lacks a feature: skipped everywhere, with the reason.
+# Only for a kernel that truly lacks a feature, as the kernel itself answered (ENOSYS, a
+# filesystem absent from /proc/filesystems): skipped everywhere, CI included, with the reason.
 kernel_lacks() { echo "SKIP (kernel): $*" >&2; exit 77; }
 
 require() {
@@ -43,16 +53,18 @@ require() {
 }
 require_root() { [ "$(id -u)" -eq 0 ] || skip "needs root (loop devices, mounts)"; }
 
-# make_fs KIND SIZE: a fresh filesystem mounted under $T; prints the mount point.
+# make_fs KIND SIZE [MOUNT-OPTIONS]: a fresh filesystem mounted under $T; prints the mount
+# point. The loop devices are buffered (no --direct-io): the image file under them is their
+# volatile cache, which a flush writes out.
 #   ext4   ext4 on a 512-byte-sector loop device
 #   xfs4k  xfs on a 4096-byte-sector loop device (a 4K-native backing)
 #   tmpfs  tmpfs
 make_fs() {
-  local kind=$1 size=${2:-512M} mnt dev
+  local kind=$1 size=${2:-512M} mnt dev opts=${3:+-o $3}
   mnt=$(mktemp -d "$T/mnt-$kind.XXXX")
   case $kind in
     tmpfs)
-      mount -t tmpfs -o size="$size" tmpfs "$mnt"
+      mount -t tmpfs -o size="$size"${3:+,$3} tmpfs "$mnt"
       ;;
     ext4 | xfs4k)
       truncate -s "$size" "$mnt.img"
@@ -65,7 +77,7 @@ make_fs() {
         at_exit "losetup -d $dev"
         mkfs.ext4 -q -F "$dev"
       fi
-      mount "$dev" "$mnt"
+      mount $opts "$dev" "$mnt"
       ;;
     *) fail "make_fs: unknown kind $kind" ;;
   esac
@@ -75,18 +87,23 @@ make_fs() {
 
 # start_server [nbdkit options...] -- [plugin parameters...]: starts nbdkit in the background
 # with the built plugin on a Unix socket; sets SOCK, URI, SERVER_PID, SERVER_LOG.
-_nservers=0
+# SERVER_WRAPPER (a command nbdkit runs under) and SERVER_PRELOAD (a library preloaded into
+# it), set for one call, change how that server runs.
 start_server() {
-  local opts=()
+  local opts=() _nservers
   while [ $# -gt 0 ] && [ "$1" != -- ]; do opts+=("$1"); shift; done
   [ "${1:-}" = -- ] && shift
-  _nservers=$((_nservers + 1))
+  # Counted in a file: a server started in a subshell must not reuse another's names.
+  _nservers=$(($(cat "$T/.nservers" 2>/dev/null || echo 0) + 1))
+  echo $_nservers >"$T/.nservers"
   SOCK=$T/nbd$_nservers.sock
   SERVER_LOG=$T/server$_nservers.log
   URI="nbd+unix:///?socket=$SOCK"
   # LOOPDIO_PRELOAD: the sanitizer runtime a sanitized plugin needs, for nbdkit alone.
-  env ${LOOPDIO_PRELOAD:+LD_PRELOAD="$LOOPDIO_PRELOAD"} \
-    nbdkit -f -U "$SOCK" "${opts[@]}" "$PLUGIN" "$@" 2>"$SERVER_LOG" &
+  local preload="${LOOPDIO_PRELOAD:-} ${SERVER_PRELOAD:-}"
+  preload=$(echo $preload)
+  env ${preload:+LD_PRELOAD="$preload"} \
+    ${SERVER_WRAPPER:-} nbdkit -f -U "$SOCK" "${opts[@]}" "$PLUGIN" "$@" 2>"$SERVER_LOG" &
   SERVER_PID=$!
   at_exit "kill $SERVER_PID; wait $SERVER_PID"
   local i
@@ -129,4 +146,97 @@ random_file() { head -c "$2" /dev/urandom >"$1"; }
 # Pages of PATH in the page cache, in percent.
 cached_percent() {
   fincore -b -n -o RES,SIZE "$1" | awk '{ if ($2 > 0) printf "%.2f\n", 100 * $1 / $2; else print 0 }'
+}
+
+# wait_until SECONDS COMMAND...: true as soon as COMMAND is, false when the time is up.
+wait_until() {
+  local deadline=$((SECONDS + $1))
+  shift
+  until "$@"; do
+    [ $SECONDS -lt $deadline ] || return 1
+    sleep 0.1
+  done
+}
+
+# The export description a new connection gets (it names the engine in use).
+export_description() {
+  $PYTHON -c 'import sys, nbd
+h = nbd.NBD(); h.set_full_info(True); h.connect_uri(sys.argv[1])
+print(h.get_export_description()); h.shutdown()' "$1"
+}
+
+# assert_engine URI ENGINE: a new connection really uses ENGINE. aio=io_uring falls back to
+# libaio when the kernel refuses io_uring, and libaio to sync when fs.aio-max-nr is used up,
+# so a test that asked for an engine and never looked would pass on the fallback. When the
+# kernel itself refuses io_uring (built without it, or kernel.io_uring_disabled), the test is
+# skipped with that reason; any other refusal fails.
+assert_engine() {
+  local desc why
+  desc=$(export_description "$1") || fail "assert_engine: no connection to $1"
+  case "$desc, " in
+    *"engine $2, "*) return 0 ;;
+  esac
+  if [ "$2" = io_uring ] && why=$(uring_refused_by_kernel); then kernel_lacks "io_uring: $why"; fi
+  fail "engine $2 was asked for, the export says: $desc"
+}
+
+# Prints why, and succeeds, when this kernel refuses io_uring_setup as a kernel policy or
+# lack (ENOSYS, or EPERM with kernel.io_uring_disabled set); fails when io_uring works here.
+uring_refused_by_kernel() {
+  $PYTHON - <<'PY'
+import ctypes, errno, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+params = ctypes.create_string_buffer(120)  # struct io_uring_params, zeroed
+fd = libc.syscall(425, 1, params)          # io_uring_setup(1, &params), x86_64 and generic
+if fd >= 0:
+    os.close(fd)
+    sys.exit(1)
+e = ctypes.get_errno()
+try:
+    disabled = open("/proc/sys/kernel/io_uring_disabled").read().strip()
+except OSError:
+    disabled = "absent"
+if e == errno.ENOSYS or (e == errno.EPERM and disabled != "0"):
+    print(f"io_uring_setup: {os.strerror(e)} (kernel.io_uring_disabled: {disabled})")
+    sys.exit(0)
+sys.exit(1)
+PY
+}
+
+# What a server holds, from /proc: open fds, AIO contexts (their rings are mapped as [aio]).
+server_fds() { ls "/proc/${1:-$SERVER_PID}/fd" | wc -l; }
+aio_contexts() { grep -c '/\[aio\]' "/proc/${1:-$SERVER_PID}/maps" || true; }
+aio_nr() { cat /proc/sys/fs/aio-nr; }
+
+# Processes other than the server that hold AIO contexts now.
+other_aio_holders() {
+  local f pid
+  for f in /proc/[0-9]*/maps; do
+    pid=${f#/proc/}
+    pid=${pid%/maps}
+    [ "$pid" != "$SERVER_PID" ] || continue
+    grep -qs '/\[aio\]' "$f" && echo -n "$pid "
+  done
+  true
+}
+
+# expect_aio_nr WANT WHAT: fs.aio-nr comes back to WANT within 10 s (nbdkit closes a
+# connection, and the plugin its AIO context, asynchronously). fs.aio-nr counts every
+# process's contexts: outside CI (where tests run one at a time) a difference is excused,
+# and printed, when other processes hold contexts; the server's own must be gone anyway.
+expect_aio_nr() {
+  local want=$1 what=$2 others
+  wait_until 10 eval '[ "$(aio_nr)" -eq '"$want"' ]' && return 0
+  others=$(other_aio_holders)
+  if [ "${CI:-}" != true ] && [ -n "$others" ]; then
+    echo "  $what: fs.aio-nr $(aio_nr), was $want; processes $others hold AIO contexts: not compared"
+    return 0
+  fi
+  fail "$what: fs.aio-nr is $(aio_nr), was $want"
+}
+
+# expect_fds WANT WHAT: the server's open fds come back to WANT within 10 s.
+expect_fds() {
+  wait_until 10 eval '[ "$(server_fds)" -eq '"$1"' ]' ||
+    { ls -l "/proc/$SERVER_PID/fd" >&2; fail "$2: the server holds $(server_fds) fds, was $1"; }
 }

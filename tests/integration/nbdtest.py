@@ -92,3 +92,29 @@ def lost_update(uri, size, block, connections, rounds):
                     raise AssertionError(
                         f"block {b}: connection {k} slot {slot} holds {got}, wrote {want} last")
     h.shutdown()
+
+
+class SparseShadow:
+    """What a large, mostly unwritten export must hold: zeroes, overlaid with every write in
+    order. For images too large for a bytearray."""
+
+    def __init__(self):
+        self.writes = []  # (offset, bytes), oldest first
+
+    def write(self, off, data):
+        self.writes.append((off, bytes(data)))
+
+    def expect(self, off, n):
+        out = bytearray(n)
+        for w_off, data in self.writes:
+            lo, hi = max(off, w_off), min(off + n, w_off + len(data))
+            if lo < hi:
+                out[lo - off:hi - off] = data[lo - w_off:hi - w_off]
+        return bytes(out)
+
+    def check(self, what, got, off):
+        want = self.expect(off, len(got))
+        if got != want:
+            bad = next(i for i in range(len(got)) if got[i] != want[i])
+            raise AssertionError(f"{what}: {len(got)} bytes at {off}: first wrong byte at "
+                                 f"{off + bad} (got {got[bad]}, want {want[bad]})")

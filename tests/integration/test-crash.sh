@@ -22,7 +22,7 @@ for fs in ext4 xfs4k; do
         img=$mnt/crash$round.img
         truncate -s 1M "$img"
         start_server -- file="$img" directio=$directio aio=$engine
-        grep -q "engine $engine" <(nbdinfo "$URI") || fail "$what: not the engine in use"
+        assert_engine "$URI" "$engine"
         $PYTHON -m durability load "$URI" 4 $((seed + round)) "$SERVER_PID" "$kill_after" \
           "$T/log$round.json" || fail "$what: the load failed"
         rc=0

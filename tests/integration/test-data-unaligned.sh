@@ -23,7 +23,7 @@ for fs in ext4 xfs4k tmpfs; do
     case $fs in
       ext4 | xfs4k) echo "$desc" | grep -q "direct I/O on" || fail "$fs: direct I/O is not on" ;;
     esac
-    echo "$desc" | grep -q "engine $engine" || fail "$fs: engine $engine not in use"
+    assert_engine "$URI" "$engine"
 
     qemu-io -f raw "$URI" \
       -c "write -P 0x5a 1 1000" -c "read -P 0x5a 1 1000" \

@@ -8,7 +8,9 @@ require_root
 require nbdkit nbdinfo mountpoint
 FAULTYFS=${LOOPDIO_BUILD:?set LOOPDIO_BUILD to the build directory}/tests/tools/faultyfs
 [ -x "$FAULTYFS" ] || fail "$FAULTYFS is not built (tests/tools/CMakeLists.txt)"
-[ -c /dev/fuse ] || kernel_lacks "no /dev/fuse"
+grep -qw fuse /proc/filesystems || modprobe fuse 2>/dev/null || true
+grep -qw fuse /proc/filesystems || kernel_lacks "no FUSE in this kernel (/proc/filesystems)"
+[ -c /dev/fuse ] || skip "no /dev/fuse, though the kernel has FUSE"
 
 disk=$(make_fs ext4 64M)
 random_file "$T/orig.img" $((8 << 20))
@@ -38,6 +40,7 @@ for mode in page-cache direct-io; do
     [ $mode = direct-io ] && opts=(--direct-io)
     mount_faultyfs "${opts[@]}"
     start_server -- file="$T/fuse/disk.img" aio="$engine"
+    assert_engine "$URI" "$engine"
     echo "faultyfs $mode, $engine: $(nbdinfo "$URI" | grep description: | sed 's/.*description: //')"
     $PYTHON -m faults "$URI" "$T/faults" "$T/orig.img" "$T/expected.img" >"$T/faults.out" ||
       { cat "$T/faults.out"; fail "$mode/$engine"; }

@@ -69,6 +69,7 @@ run() {  # FS ENGINE DIRECTIO
   truncate -s 1G "$img"
   fallocate -l 8M "$mnt/ballast"
   start_server -- file="$img" aio="$engine" directio="$directio"
+  assert_engine "$URI" "$engine"
   echo "$fs/$engine/directio=$directio: $(df -h --output=size,avail "$mnt" | tail -1 | xargs) free under a 1 GiB image"
   check_enospc "$URI" "$mnt/ballast" || fail "$fs/$engine/directio=$directio"
   stop_server

@@ -15,11 +15,13 @@ for fs in ext4 xfs4k; do
   [ $fs = xfs4k ] && min=4096
   for engine in $ENGINES; do
     start_server --threads 16 -- file="$img" directio=1 aio=$engine
-    # Each job owns a 32 MiB region, so that verification is exact.
-    fio --name=verify --ioengine=nbd --uri="$URI" --rw=randwrite --bsrange=$min-128k \
+    assert_engine "$URI" "$engine"
+    # Each job owns a 32 MiB region, so that verification is exact. fio saves its verify
+    # state in the working directory: $T's.
+    (cd "$T" && fio --name=verify --ioengine=nbd --uri="$URI" --rw=randwrite --bsrange=$min-128k \
       --blockalign=$min --size=32M --offset_increment=32M --numjobs=4 --iodepth=8 \
       --verify=crc32c --verify_fatal=1 --do_verify=1 --number_ios=1500 \
-      --group_reporting >"$T/fio.out" 2>&1 || { cat "$T/fio.out" "$SERVER_LOG"; fail "$fs/$engine: fio verify"; }
+      --group_reporting >"$T/fio.out" 2>&1) || { cat "$T/fio.out" "$SERVER_LOG"; fail "$fs/$engine: fio verify"; }
     grep -q "err= 0" "$T/fio.out" || { cat "$T/fio.out" "$SERVER_LOG"; fail "$fs/$engine: fio reported errors"; }
     stop_server
     pass "$fs/$engine: fio 4 jobs, $min-128k writes, crc32c verified"

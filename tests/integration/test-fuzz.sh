@@ -21,6 +21,7 @@ for fs in ext4 xfs4k; do
     img=$mnt/fuzz-$engine.img
     $PYTHON -m fuzz init "$img" $size $run_seed
     start_server -- file="$img" aio=$engine
+    assert_engine "$URI" "$engine"
     echo "$fs/$engine: $(nbdinfo "$URI" | grep description: | sed 's/.*description: //')"
     replay="replay: LOOPDIO_FUZZ_SEED=$seed LOOPDIO_ENGINES=$engine $0"
     $PYTHON -m fuzz run "$URI" "$img" $run_seed "$seconds" "$ops" "$T/shadow" || fail "$fs/$engine: $replay"

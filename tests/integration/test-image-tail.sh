@@ -14,6 +14,7 @@ for fs in ext4 xfs4k; do
     random_file "$img" $size
     cp "$img" "$T/shadow"
     start_server -- file="$img" directio=1 aio=$engine
+    assert_engine "$URI" "$engine"
     $PYTHON - "$URI" "$T/shadow" $size <<'PY' || fail "$fs/$engine: tail I/O"
 import sys, nbd, nbdtest
 uri, shadow_path, size = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -15,6 +15,7 @@ for fs in ext4 xfs4k; do
   [ $fs = xfs4k ] && block=4096
   for engine in $ENGINES; do
     start_server --threads 8 -- file="$img" directio=1 aio=$engine
+    assert_engine "$URI" "$engine"
     $PYTHON -c "import nbdtest; nbdtest.lost_update('$URI', 1 << 20, $block, 6, 120)" ||
       fail "$fs/$engine: lost update"
     stop_server

@@ -21,6 +21,7 @@ for fs in ext4 xfs4k; do
   for engine in libaio io_uring; do
     truncate -s 64M "$img"
     start_server -- file="$img" directio=1 aio=$engine
+    assert_engine "$URI" "$engine"
     qemu-img convert -n -f raw -O raw "$src" "$URI" || fail "$fs/$engine: convert in"
     qemu-img compare -f raw -F raw "$src" "$URI" || fail "$fs/$engine: compare export"
     qemu-img convert -f raw -O qcow2 "$URI" "$T/out.qcow2" || fail "$fs/$engine: convert out"

@@ -68,6 +68,7 @@ for engine in libaio io_uring; do
   else
     echo "  (other processes held AIO contexts: only this server's own are compared)"
   fi
+  assert_engine "$URI" "$engine"
   stop_server
   pass "$engine: 300 connections, nothing leaked"
 done
