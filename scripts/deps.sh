@@ -14,6 +14,7 @@ packages=(
   # run and test
   libnbd-bin python3-libnbd nbd-client qemu-utils fio xfsprogs e2fsprogs util-linux
   fuse3 gnutls-bin systemd systemd-container procps psmisc kmod strace
+  python3-prometheus-client
   # the kernel-client test: a Debian kernel booted under qemu
   qemu-system-x86 busybox-static cpio
   # benchmark plots

@@ -66,8 +66,8 @@ void Export::release(const Engine& e) {
 
 void Export::note_readonly_client() {
   if (!readonly_client_.exchange(true) && backing_->writable())
-    notice("nbdkit -r: clients may not write, but " + options().file +
-           " is open read-write; readonly=1 opens it read-only");
+    notice("nbdkit -r: clients may not write, but the image is open read-write; readonly=1 "
+           "opens it read-only (" + options().file + ")");
 }
 
 std::string Export::engines_in_use() const {

@@ -32,7 +32,7 @@ expect_refusal() {
   echo "refused: $* -> $(grep error "$T/out")"
 }
 
-expect_refusal "file=PATH is required" --
+expect_refusal "file=PATH or dir=DIR is required" --
 expect_refusal "file=: empty path" -- file=
 expect_refusal "No such file or directory" -- file="$T/missing.img"
 expect_refusal "is a directory" -- file="$T"
@@ -60,6 +60,18 @@ expect_refusal "sector-size=1000: expected 512, 1024, 2048 or 4096" -- file="$im
 expect_refusal "sector-size=8192: expected" -- file="$img" sector-size=8192
 expect_refusal "sector-size=512: $xfs/disk.img needs direct I/O in multiples of 4096 bytes" -- file="$xfs/disk.img" sector-size=512
 expect_refusal "directio=1: not possible: $T/ramfs/disk.img: ramfs refuses O_DIRECT" -- file="$T/ramfs/disk.img" directio=1
+expect_refusal "control=$T/disk.img: exists and is not a socket (a regular file)" -- file="$img" control="$img"
+expect_refusal "control=$T/nodir/ctl: bind: No such file or directory" -- file="$img" control="$T/nodir/ctl"
+expect_refusal "path too long for a Unix socket" -- file="$img" control="$T/$(printf 'x%.0s' $(seq 120))"
+expect_refusal "max-connections=0: expected 1 to 4096 connections" -- file="$img" max-connections=0
+expect_refusal "bounce-total=100k: must be at least 1M" -- file="$img" bounce-total=100k
+expect_refusal "bounce-per-connection=33554432 is larger than bounce-total=16777216" -- file="$img" bounce-total=16M bounce-per-connection=32M
+expect_refusal "readonly=maybe: expected 1 (yes) or 0 (no)" -- file="$img" readonly=maybe
+expect_refusal "file= and dir= exclude each other" -- file="$img" dir="$T"
+expect_refusal "offset= and sizelimit= apply to one image (file=), not to dir=" -- dir="$T" offset=4096
+expect_refusal "default-export= applies to dir=" -- file="$img" default-export=x
+expect_refusal "dir=$T/missing: No such file or directory" -- dir="$T/missing"
+expect_refusal "dir=$img: Not a directory" -- dir="$img"
 
 # What is accepted: a fallback that is announced, not refused.
 nbdkit -U - "$PLUGIN" file="$T/ramfs/disk.img" --run 'nbdinfo "$uri"' >"$T/out" 2>&1 ||
