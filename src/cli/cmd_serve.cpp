@@ -159,7 +159,7 @@ struct ServeLoop {
       struct pollfd fds[2] = {{signals.fd(), POLLIN, 0}, {relay.fd(), POLLIN, 0}};
       ::poll(fds, relay.open() ? 2 : 1, ready ? 1000 : 50);
       if ((fds[0].revents & POLLIN) && signals.stop_requested() && !stopping) {
-        ::kill(child.pid(), SIGTERM);
+        child.signal(SIGTERM);
         stopping = true;
       }
       if (relay.open() && fds[1].revents) relay.pump(ready);
