@@ -15,6 +15,7 @@
 #include "args.h"
 #include "cli.h"
 #include "interrupt.h"
+#include "json_read.h"
 #include "loopdio/error.h"
 #include "loopdio/unique_fd.h"
 #include "nbd_kernel.h"
@@ -72,7 +73,7 @@ std::string private_dir(const StateDir& dir) {
 // (nbdkit's own daemonising is no use: the plugin's control socket would be removed by
 // the process that exits). `server` owns it from the start; returns its status once its
 // control socket answers.
-JsonObject start_server(const ServerSpec& spec, const std::string& plugin, const ExportState& state,
+Json start_server(const ServerSpec& spec, const std::string& plugin, const ExportState& state,
                         std::optional<DaemonGuard>& server, pid_t& pid) {
   UniqueFd log(::open(state.log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
   if (!log) throw sys_error(state.log);
@@ -205,9 +206,10 @@ int run_attach(const Args& args) {
   // and sockets go. The state exists from the start, with no pid until the server has one.
   StateGuard guard(dir, state);
   std::optional<DaemonGuard> server;
-  JsonObject status = start_server(req.spec, plugin, state, server, state.pid);
+  Json status = start_server(req.spec, plugin, state, server, state.pid);
   guard.update(state);
-  connect_device(kernel, nbd_client, state, index, status.num("log_sec"), req);
+  std::int64_t log_sec = member<std::int64_t>(status, "log_sec", "control socket " + state.control);
+  connect_device(kernel, nbd_client, state, index, log_sec, req);
   guard.keep();
   server->release();
   show_notices(state.log);

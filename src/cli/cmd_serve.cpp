@@ -17,6 +17,7 @@
 #include "loopdio/unique_fd.h"
 #include "paths.h"
 #include "process.h"
+#include "safe_text.h"
 #include "server.h"
 #include "state.h"
 
@@ -181,7 +182,8 @@ struct ServeLoop {
       StateLock lock(dir);
       guard.emplace(dir, state);
       ready = true;
-      std::cout << "serving " << state.requested.file << " on " << state.uri << std::endl;
+      std::cout << "serving " << safe_encode(state.requested.file) << " on " << safe_encode(state.uri)
+                << std::endl;
     } else if (std::chrono::steady_clock::now() > deadline) {
       throw Error("nbdkit did not start serving " + state.requested.file + " within " +
                   std::to_string(kStartTimeout.count()) + " s");

@@ -11,6 +11,7 @@
 #include "cli.h"
 #include "loopdio/error.h"
 #include "loopdio/version.h"
+#include "safe_text.h"
 
 namespace {
 
@@ -73,11 +74,12 @@ int main(int argc, char* argv[]) {
     if (!c) throw UsageError("unknown command \"" + name + "\"");
     return c->run(Args(argv + 2, argv + argc));
   } catch (const UsageError& e) {
-    std::fprintf(stderr, "loopdio: %s (see loopdio %s--help)\n", e.what(),
+    std::fprintf(stderr, "loopdio: %s (see loopdio %s--help)\n", safe_encode(e.what()).c_str(),
                  find_command(name) ? (name + " ").c_str() : "");
     return kExitUsage;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "loopdio: %s\n", e.what());
+    // Messages carry paths, which may hold any byte: still one line, still readable.
+    std::fprintf(stderr, "loopdio: %s\n", safe_encode(e.what()).c_str());
     return kExitFailure;
   }
 }

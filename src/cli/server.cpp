@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "control_client.h"
+#include "json_read.h"
 #include "loopdio/error.h"
 #include "paths.h"
 
@@ -45,12 +46,12 @@ void check_image(const std::string& path) {
   if (::stat(path.c_str(), &st) != 0) throw sys_error(path);
 }
 
-std::optional<JsonObject> try_status(const std::string& control) {
+std::optional<Json> try_status(const std::string& control) {
   struct stat st {};
   if (::lstat(control.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) return std::nullopt;
   try {
-    JsonObject j = control_request(control, "status", std::chrono::seconds(2));
-    if (j.boolean("ok")) return j;
+    Json j = control_request(control, "status", std::chrono::seconds(2));
+    if (opt_member<bool>(j, "ok", control).value_or(false)) return j;
   } catch (const Error&) {
   }
   return std::nullopt;

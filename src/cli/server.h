@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "json.h"
+#include "loopdio/json.h"
 #include "loopdio/options.h"
 
 namespace loopdio::cli {
@@ -34,7 +34,7 @@ std::vector<std::string> nbdkit_command(const ServerSpec& spec, const std::strin
 void check_image(const std::string& path);
 
 // The server's status once its control socket answers, nullopt while it does not yet.
-std::optional<JsonObject> try_status(const std::string& control);
+std::optional<Json> try_status(const std::string& control);
 
 // The message of the last error nbdkit printed ("nbdkit: loopdio[1]: error: offset=...:
 // ..." gives "offset=...: ..."), or, failing that, its last line; empty for no output.

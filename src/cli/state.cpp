@@ -12,9 +12,11 @@
 #include <fstream>
 #include <sstream>
 
+#include "json_read.h"
 #include "loopdio/error.h"
 #include "paths.h"
 #include "process.h"
+#include "safe_text.h"
 
 namespace loopdio::cli {
 namespace {
@@ -47,43 +49,73 @@ std::string ExportState::display_name() const {
 
 bool ExportState::alive() const { return process_runs(pid, marker()); }
 
-JsonObject ExportState::to_json() const {
-  JsonObject j;
-  j.set("name", name).set("kind", kind).set("device", device).set("socket", socket);
-  j.set("uri", uri).set("control", control).set("log", log);
-  j.set("pid", std::int64_t{pid}).set("owner", std::int64_t{owner});
-  j.set("image", requested.file).set("direct-io", std::string(to_string(requested.direct_io)));
-  j.set("aio", std::string(to_string(requested.engine)));
-  j.set("offset", static_cast<std::int64_t>(requested.offset));
-  j.set("sizelimit", requested.sizelimit ? JsonValue(static_cast<std::int64_t>(*requested.sizelimit))
-                                         : JsonValue(nullptr));
-  j.set("sector-size", std::int64_t{requested.sector_size});
-  j.set("read-only", read_only).set("connections", std::int64_t{connections});
-  j.set("export-name", export_name);
+Json ExportState::to_json() const {
+  Json j;
+  j["name"] = name;
+  j["kind"] = kind;
+  put_path(j, "device", device);
+  put_path(j, "socket", socket);
+  put_path(j, "uri", uri);
+  put_path(j, "control", control);
+  put_path(j, "log", log);
+  j["pid"] = pid;
+  j["owner"] = owner;
+  put_path(j, "image", requested.file);
+  j["direct-io"] = to_string(requested.direct_io);
+  j["aio"] = to_string(requested.engine);
+  j["offset"] = requested.offset;
+  j["sizelimit"] = requested.sizelimit ? Json(*requested.sizelimit) : Json(nullptr);
+  j["sector-size"] = requested.sector_size;
+  j["read-only"] = read_only;
+  j["connections"] = connections;
+  put_path(j, "export-name", export_name);
   return j;
 }
 
-ExportState ExportState::from_json(const JsonObject& j) {
+namespace {
+
+// A path member that may be absent (an older file) or empty.
+std::string opt_path(const Json& j, const std::string& key) {
+  return j.contains(key) ? get_path(j, key) : std::string();
+}
+
+std::int64_t number(const Json& j, const std::string& key, std::int64_t def, const std::string& what) {
+  std::int64_t v = opt_member<std::int64_t>(j, key, what).value_or(def);
+  if (v < 0) throw Error(what + ": \"" + key + "\" is negative");
+  return v;
+}
+
+}  // namespace
+
+ExportState ExportState::from_json(const Json& j, const std::string& what) {
+  if (!j.is_object()) throw Error(what + ": not a JSON object");
   ExportState s;
-  s.name = j.str("name");
-  s.kind = j.str("kind");
-  s.device = j.str_or("device", "");
-  s.socket = j.str_or("socket", "");
-  s.uri = j.str_or("uri", "");
-  s.control = j.str("control");
-  s.log = j.str_or("log", "");
-  s.pid = static_cast<pid_t>(j.num("pid"));
-  s.owner = static_cast<pid_t>(j.num_or("owner", 0));
-  s.requested.file = j.str("image");
-  apply_option(s.requested, "directio", j.str_or("direct-io", "auto"));
-  apply_option(s.requested, "aio", j.str_or("aio", "libaio"));
-  s.requested.offset = static_cast<std::uint64_t>(j.num_or("offset", 0));
-  if (!j.is_null("sizelimit")) s.requested.sizelimit = static_cast<std::uint64_t>(j.num("sizelimit"));
-  s.requested.sector_size = static_cast<std::uint32_t>(j.num_or("sector-size", 0));
+  s.name = member<std::string>(j, "name", what);
+  s.kind = member<std::string>(j, "kind", what);
+  s.pid = static_cast<pid_t>(member<std::int64_t>(j, "pid", what));
+  s.owner = static_cast<pid_t>(number(j, "owner", 0, what));
+  std::string dio = opt_member<std::string>(j, "direct-io", what).value_or("auto");
+  std::string aio = opt_member<std::string>(j, "aio", what).value_or("libaio");
+  s.requested.offset = static_cast<std::uint64_t>(number(j, "offset", 0, what));
+  if (auto limit = opt_member<std::int64_t>(j, "sizelimit", what))
+    s.requested.sizelimit = static_cast<std::uint64_t>(*limit);
+  s.requested.sector_size = static_cast<std::uint32_t>(number(j, "sector-size", 0, what));
+  s.read_only = opt_member<bool>(j, "read-only", what).value_or(false);
+  s.connections = static_cast<int>(number(j, "connections", 1, what));
+  try {
+    s.device = opt_path(j, "device");
+    s.socket = opt_path(j, "socket");
+    s.uri = opt_path(j, "uri");
+    s.control = get_path(j, "control");
+    s.log = opt_path(j, "log");
+    s.requested.file = get_path(j, "image");
+    s.export_name = opt_path(j, "export-name");
+    apply_option(s.requested, "directio", dio);
+    apply_option(s.requested, "aio", aio);
+  } catch (const Error& e) {
+    throw Error(what + ": " + e.what());
+  }
   s.requested.control = s.control;
-  s.read_only = j.opt_boolean("read-only").value_or(false);
-  s.connections = static_cast<int>(j.num_or("connections", 1));
-  s.export_name = j.str_or("export-name", "");
   return s;
 }
 
@@ -109,9 +141,10 @@ std::vector<ExportState> StateDir::load_all() const {
     const fs::path& p = entry.path();
     if (p.extension() != ".json") continue;
     try {
-      out.push_back(ExportState::from_json(JsonObject::parse(read_file(p.string()), p.string())));
+      std::string what = p.string();
+      out.push_back(ExportState::from_json(parse_json(read_file(what), what), what));
     } catch (const Error& e) {
-      std::fprintf(stderr, "loopdio: warning: skipping %s\n", e.what());
+      std::fprintf(stderr, "loopdio: warning: skipping %s\n", safe_encode(e.what()).c_str());
     }
   }
   std::sort(out.begin(), out.end(), [](const ExportState& a, const ExportState& b) {
@@ -125,7 +158,7 @@ void StateDir::save(const ExportState& s) const {
   std::string tmp = final_path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::trunc);
-    out << s.to_json().dump() << "\n";
+    out << dump_line(s.to_json()) << "\n";
     out.flush();
     if (!out) throw sys_error(tmp);
   }
@@ -156,7 +189,7 @@ std::vector<ExportState> StateDir::live() {
       std::fprintf(stderr,
                    "loopdio: %s: its server (pid %d) is gone; removed its state "
                    "(`nbd-client -d %s` disconnects the device)\n",
-                   s.device.c_str(), static_cast<int>(s.pid), s.device.c_str());
+                   safe_encode(s.device).c_str(), static_cast<int>(s.pid), safe_encode(s.device).c_str());
   }
   return out;
 }

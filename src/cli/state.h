@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "json.h"
+#include "loopdio/json.h"
 #include "loopdio/options.h"
 #include "loopdio/unique_fd.h"
 
@@ -37,8 +37,10 @@ struct ExportState {
   std::string marker() const { return "control=" + control; }
   bool alive() const;
 
-  JsonObject to_json() const;
-  static ExportState from_json(const JsonObject& j);
+  // Paths are written with put_path, so that any bytes survive the round trip. from_json
+  // throws loopdio::Error naming `what` (the file) when a member is missing or mistyped.
+  Json to_json() const;
+  static ExportState from_json(const Json& j, const std::string& what);
 };
 
 class StateDir {
