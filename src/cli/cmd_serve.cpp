@@ -149,6 +149,7 @@ struct ServeLoop {
   Child& child;
   StderrRelay& relay;
   SignalFd& signals;
+  ServedSocket& served;
   std::optional<StateGuard>& guard;
   bool ready = false;
   bool stopping = false;
@@ -181,6 +182,7 @@ struct ServeLoop {
       state.pid = child.pid();
       StateLock lock(dir);
       guard.emplace(dir, state);
+      served.own();
       ready = true;
       std::cout << "serving " << safe_encode(state.requested.file) << " on " << safe_encode(state.uri)
                 << std::endl;
@@ -240,12 +242,15 @@ int run_serve(const Args& args) {
   UniqueFd err_read(p[0]), err_write(p[1]);
   SpawnOptions so;
   so.err = err_write.get();
-  // Declared before the child: on the way out the server stops first, then its state goes.
+  // Declared before the child: on the way out the server stops first, then its state and
+  // its socket go.
+  remove_dead_socket(spec.unix_socket);
+  ServedSocket served(spec.unix_socket);
   std::optional<StateGuard> guard;
   Child child = Child::spawn(nbdkit_command(spec, plugin), so);
   err_write.reset();
   StderrRelay relay(std::move(err_read));
-  return ServeLoop{dir, state, child, relay, signals, guard}.run();
+  return ServeLoop{dir, state, child, relay, signals, served, guard}.run();
 }
 
 }  // namespace loopdio::cli

@@ -1,13 +1,17 @@
 // nbdkit's command line and start-up; see server.h.
 #include "server.h"
 
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 
+#include <cstring>
 #include <sstream>
 
 #include "control_client.h"
 #include "json_read.h"
 #include "loopdio/error.h"
+#include "loopdio/unique_fd.h"
 #include "paths.h"
 
 namespace loopdio::cli {
@@ -44,6 +48,32 @@ std::vector<std::string> nbdkit_command(const ServerSpec& s, const std::string& 
 void check_image(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) throw sys_error(path);
+}
+
+namespace {
+
+bool is_socket(const std::string& path) {
+  struct stat st {};
+  return ::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode);
+}
+
+}  // namespace
+
+void remove_dead_socket(const std::string& path) {
+  if (path.empty() || !is_socket(path)) return;
+  struct sockaddr_un addr {};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path) return;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) throw sys_error("socket");
+  if (::connect(fd.get(), reinterpret_cast<struct sockaddr*>(&addr), sizeof addr) != 0 &&
+      errno == ECONNREFUSED)
+    ::unlink(path.c_str());
+}
+
+ServedSocket::~ServedSocket() {
+  if (owned_ && !path_.empty() && is_socket(path_)) ::unlink(path_.c_str());
 }
 
 std::optional<Json> try_status(const std::string& control) {

@@ -33,6 +33,27 @@ std::vector<std::string> nbdkit_command(const ServerSpec& spec, const std::strin
 // image is loopdio's own one-line error.
 void check_image(const std::string& path);
 
+// serve --unix PATH: nbdkit refuses to start on an existing socket and leaves its own behind
+// when it exits. PATH comes from the user's command line (never from a state file): this
+// removes it when it is a socket that nobody listens on, a server's that was killed.
+void remove_dead_socket(const std::string& path);
+
+// Removes the Unix socket an export was served on once its server has stopped (it is
+// destroyed after the server's handle), when it is still a socket. Only once owned: a
+// server that did not start may have failed on a socket that is another server's.
+class ServedSocket {
+ public:
+  explicit ServedSocket(std::string path) : path_(std::move(path)) {}
+  ServedSocket(const ServedSocket&) = delete;
+  ServedSocket& operator=(const ServedSocket&) = delete;
+  ~ServedSocket();
+  void own() { owned_ = true; }  // our server listens on it
+
+ private:
+  std::string path_;
+  bool owned_ = false;
+};
+
 // The server's status once its control socket answers, nullopt while it does not yet.
 std::optional<Json> try_status(const std::string& control);
 

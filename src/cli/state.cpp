@@ -7,10 +7,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "json_read.h"
 #include "loopdio/error.h"
@@ -23,20 +22,14 @@ namespace {
 
 namespace fs = std::filesystem;
 
-void unlink_if(const std::string& path, bool only_socket) {
-  if (path.empty()) return;
-  struct stat st {};
-  if (::lstat(path.c_str(), &st) != 0) return;
-  if (only_socket && !S_ISSOCK(st.st_mode)) return;
-  ::unlink(path.c_str());
-}
+constexpr std::size_t kMaxStateFile = 64 << 10;
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw sys_error(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+// A name loopdio gives an export ("nbd0", "serve-1234"): it becomes file names.
+bool valid_name(const std::string& n) {
+  if (n.empty() || n.size() > 64 || !std::isalnum(static_cast<unsigned char>(n[0]))) return false;
+  return std::all_of(n.begin(), n.end(), [](unsigned char c) {
+    return std::isalnum(c) || c == '-' || c == '_' || c == '.';
+  });
 }
 
 }  // namespace
@@ -119,30 +112,28 @@ ExportState ExportState::from_json(const Json& j, const std::string& what) {
   return s;
 }
 
-StateDir::StateDir() : path_(run_dir()) {}
+StateDir::StateDir() : run_(absolute_path(run_dir())) {}
 
-std::string StateDir::file(const std::string& name, const std::string& suffix) const {
-  return path_ + "/" + name + suffix;
-}
-
-void StateDir::create() const {
-  std::error_code ec;
-  fs::create_directories(path_, ec);
-  if (ec)
-    throw Error(path_ + ": " + ec.message() +
-                " (loopdio keeps its state there: run as root, or set LOOPDIO_RUN_DIR)");
-  ::chmod(path_.c_str(), 0755);
+ExportState StateDir::load(const std::string& file_name) const {
+  std::string what = file(file_name, "");
+  std::optional<std::string> text = run_.read(file_name, kMaxStateFile);
+  if (!text) throw Error(what + ": removed meanwhile");
+  ExportState s = ExportState::from_json(parse_json(*text, what), what);
+  // What loopdio itself writes: the name is the file's, the control socket and the log are
+  // the export's own files in this directory.
+  if (!valid_name(s.name) || file_name != s.name + ".json")
+    throw Error(what + ": its name \"" + s.name + "\" is not the file's");
+  if (s.control != file(s.name, ".ctl")) throw Error(what + ": its control socket is not " + file(s.name, ".ctl"));
+  if (!s.log.empty() && s.log != file(s.name, ".log")) throw Error(what + ": its log is not " + file(s.name, ".log"));
+  return s;
 }
 
 std::vector<ExportState> StateDir::load_all() const {
   std::vector<ExportState> out;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(path_, ec)) {
-    const fs::path& p = entry.path();
-    if (p.extension() != ".json") continue;
+  for (const std::string& n : run_.names(".json")) {
+    if (n[0] == '.') continue;  // a temporary file
     try {
-      std::string what = p.string();
-      out.push_back(ExportState::from_json(parse_json(read_file(what), what), what));
+      out.push_back(load(n));
     } catch (const Error& e) {
       std::fprintf(stderr, "loopdio: warning: skipping %s\n", safe_encode(e.what()).c_str());
     }
@@ -154,26 +145,15 @@ std::vector<ExportState> StateDir::load_all() const {
 }
 
 void StateDir::save(const ExportState& s) const {
-  std::string final_path = file(s.name, ".json");
-  std::string tmp = final_path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << dump_line(s.to_json()) << "\n";
-    out.flush();
-    if (!out) throw sys_error(tmp);
-  }
-  if (::rename(tmp.c_str(), final_path.c_str()) != 0) {
-    Error e = sys_error("rename " + tmp);
-    ::unlink(tmp.c_str());
-    throw e;
-  }
+  if (!valid_name(s.name)) throw Error("state: bad export name \"" + s.name + "\"");
+  run_.write_atomic(s.name + ".json", dump_line(s.to_json()) + "\n", 0644);
 }
 
 void StateDir::remove(const ExportState& s) const {
-  unlink_if(file(s.name, ".json"), false);
-  unlink_if(s.control, true);
-  unlink_if(s.socket, true);
-  unlink_if(s.log, false);
+  if (valid_name(s.name)) run_.remove_inside(file(s.name, ".json"), S_IFREG);
+  run_.remove_inside(s.control, S_IFSOCK);
+  run_.remove_inside(s.socket, S_IFSOCK);
+  run_.remove_inside(s.log, S_IFREG);
 }
 
 std::vector<ExportState> StateDir::live() {
@@ -183,7 +163,7 @@ std::vector<ExportState> StateDir::live() {
       out.push_back(std::move(s));
       continue;
     }
-    if (::access(path_.c_str(), W_OK) != 0) continue;  // not ours to clean: leave it
+    if (!run_.writable()) continue;  // not ours to clean: leave it
     remove(s);
     if (s.kind == "device")
       std::fprintf(stderr,
@@ -221,15 +201,13 @@ StateGuard::~StateGuard() {
 }
 
 StateLock::StateLock(const StateDir& dir) {
-  if (::access(dir.path().c_str(), W_OK) != 0) return;
-  std::string path = dir.path() + "/.lock";
-  fd_.reset(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-  if (!fd_) throw sys_error(path);
+  if (!dir.run().writable()) return;
+  fd_ = dir.run().open_lock();
   int r;
   do {
     r = ::flock(fd_.get(), LOCK_EX);
   } while (r != 0 && errno == EINTR);
-  if (r != 0) throw sys_error("flock " + path);
+  if (r != 0) throw sys_error("flock " + dir.file(".lock", ""));
 }
 
 }  // namespace loopdio::cli

@@ -18,21 +18,8 @@ truncate -s 16M "$mnt/plain.img"
 sock_a=$T/a.sock          # the odd image on a plain socket
 sock_b="$T/$odd.sock"     # a plain image on an odd socket
 
-serve_bg() {
-  local out=$1 i pid
-  shift
-  "$LOOPDIO" serve "$@" >"$out" 2>"$out.err" &
-  pid=$!
-  at_exit "kill $pid; wait $pid"
-  for i in $(seq 200); do
-    grep -qs '^serving ' "$out" && return 0
-    kill -0 $pid 2>/dev/null || { cat "$out.err"; fail "serve $*: exited"; }
-    sleep 0.05
-  done
-  fail "serve $*: not serving after 10 s"
-}
-serve_bg "$T/a.out" --unix "$sock_a" "$img"
-serve_bg "$T/b.out" --unix "$sock_b" "$mnt/plain.img"
+serve_until_ready "$T/a.out" "$LOOPDIO" serve --unix "$sock_a" "$img"
+serve_until_ready "$T/b.out" "$LOOPDIO" serve --unix "$sock_b" "$mnt/plain.img"
 
 "$LOOPDIO" list --json >"$T/list.json" || { cat -A "$T/list.json"; fail "list --json: exit $?"; }
 $PYTHON - "$T/list.json" "$img" "$sock_a" "$sock_b" "$mnt/plain.img" <<'PY' || { cat -A "$T/list.json"; fail "list --json"; }
