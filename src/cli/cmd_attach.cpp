@@ -19,6 +19,7 @@
 #include "loopdio/error.h"
 #include "loopdio/unique_fd.h"
 #include "nbd_kernel.h"
+#include "nbdkit_program.h"
 #include "paths.h"
 #include "process.h"
 #include "safe_text.h"
@@ -192,6 +193,7 @@ int run_attach(const Args& args) {
   check_image(image);
   req.spec.opts.file = absolute_path(image);
   std::string plugin = find_plugin();
+  req.spec.nbdkit = find_nbdkit();
   std::string nbd_client = find_program("nbd-client", "LOOPDIO_NBD_CLIENT", "apt-get install nbd-client");
 
   InterruptGuard interrupts;

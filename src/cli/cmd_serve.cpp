@@ -15,6 +15,7 @@
 #include "cli.h"
 #include "loopdio/error.h"
 #include "loopdio/unique_fd.h"
+#include "nbdkit_program.h"
 #include "paths.h"
 #include "process.h"
 #include "safe_text.h"
@@ -221,6 +222,7 @@ int run_serve(const Args& args) {
   check_image(image);
   spec.opts.file = absolute_path(image);
   std::string plugin = find_plugin();
+  spec.nbdkit = find_nbdkit();
 
   StateDir dir;
   dir.create();

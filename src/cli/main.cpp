@@ -42,7 +42,8 @@ void print_help(std::FILE* to) {
   std::fprintf(to,
                "\nState: one JSON file per export in /run/loopdio ($LOOPDIO_RUN_DIR), with its\n"
                "control socket. The plugin: $LOOPDIO_PLUGIN, else loopdio.so next to this\n"
-               "program, else nbdkit's plugin directory.\n\n%s",
+               "program, else nbdkit's plugin directory. nbdkit (1.34 or later):\n"
+               "$LOOPDIO_NBDKIT, else the one the plugin was built against, else PATH's.\n\n%s",
                kExitCodesHelp);
 }
 

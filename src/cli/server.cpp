@@ -17,7 +17,7 @@
 namespace loopdio::cli {
 
 std::vector<std::string> nbdkit_command(const ServerSpec& s, const std::string& plugin) {
-  std::vector<std::string> a = {find_program("nbdkit", nullptr, "apt-get install nbdkit"), "-f"};
+  std::vector<std::string> a = {s.nbdkit, "-f"};
   if (s.exit_with_parent) a.push_back("--exit-with-parent");
   if (s.read_only) a.push_back("-r");
   if (!s.unix_socket.empty()) {

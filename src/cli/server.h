@@ -15,6 +15,7 @@
 namespace loopdio::cli {
 
 struct ServerSpec {
+  std::string nbdkit;           // the program (find_nbdkit)
   Options opts;                 // file (absolute), plugin options and control
   bool read_only = false;       // nbdkit -r
   std::string unix_socket;      // nbdkit -U
