@@ -105,7 +105,7 @@ struct AttachRequest {
 AttachRequest request_from(const po::variables_map& vm, const NbdKernel& kernel) {
   AttachRequest r;
   apply_plugin_options(vm, r.spec.opts);
-  r.spec.read_only = vm.count("read-only") > 0;
+  r.spec.read_only = r.spec.opts.readonly = vm.count("read-only") > 0;
   r.connections = vm.at("connections").as<int>();
   if (r.connections < 1 || r.connections > 64) throw UsageError("attach: --connections: expected 1 to 64");
   if (vm.count("device")) r.device = kernel.parse_device(vm.at("device").as<std::string>());

@@ -10,6 +10,7 @@
 
 #include "control_client.h"
 #include "json_read.h"
+#include "loopdio/backing.h"
 #include "loopdio/error.h"
 #include "loopdio/unique_fd.h"
 #include "paths.h"
@@ -20,6 +21,7 @@ std::vector<std::string> nbdkit_command(const ServerSpec& s, const std::string& 
   std::vector<std::string> a = {s.nbdkit, "-f"};
   if (s.exit_with_parent) a.push_back("--exit-with-parent");
   if (s.read_only) a.push_back("-r");
+  if (s.threads) a.insert(a.end(), {"--threads", std::to_string(*s.threads)});
   if (!s.unix_socket.empty()) {
     a.insert(a.end(), {"-U", s.unix_socket});
   } else {
@@ -39,6 +41,9 @@ std::vector<std::string> nbdkit_command(const ServerSpec& s, const std::string& 
   if (o.offset) a.push_back("offset=" + std::to_string(o.offset));
   if (o.sizelimit) a.push_back("sizelimit=" + std::to_string(*o.sizelimit));
   if (o.sector_size) a.push_back("sector-size=" + std::to_string(o.sector_size));
+  if (o.readonly) a.push_back("readonly=1");
+  if (o.max_connections != kDefaultMaxConnections)
+    a.push_back("max-connections=" + std::to_string(o.max_connections));
   a.push_back("control=" + o.control);
   if (!s.export_name.empty())
     a.insert(a.end(), {"exportname-list=explicit", "exportname-strict=true", "exportname=" + s.export_name});
@@ -87,6 +92,19 @@ std::optional<Json> try_status(const std::string& control) {
   return std::nullopt;
 }
 
+std::string export_description(const Json& st) {
+  if (st.contains("description")) return get_path(st, "description");
+  const std::string what = "control socket status";
+  std::string d = "loopdio: " + get_path(st, "file") + " (" +
+                  human_size(static_cast<std::uint64_t>(member<std::int64_t>(st, "size", what))) + "): ";
+  if (member<bool>(st, "dio", what))
+    d += "direct I/O on, alignment " + std::to_string(member<std::int64_t>(st, "alignment", what));
+  else
+    d += "direct I/O off (" + opt_member<std::string>(st, "dio_reason", what).value_or("?") + ")";
+  d += ", engine " + member<std::string>(st, "aio", what);
+  return d + ", sector size " + std::to_string(member<std::int64_t>(st, "log_sec", what));
+}
+
 std::string nbdkit_error(const std::string& output) {
   std::istringstream in(output);
   std::string line, last, error;
@@ -95,7 +113,8 @@ std::string nbdkit_error(const std::string& output) {
     last = line;
     if (auto p = line.find("error: "); p != std::string::npos) error = line.substr(p + 7);
   }
-  return error.empty() ? last : error;
+  if (!error.empty()) return error;
+  return last.rfind("nbdkit: ", 0) == 0 ? last.substr(8) : last;
 }
 
 }  // namespace loopdio::cli

@@ -17,13 +17,14 @@ namespace loopdio::cli {
 struct ServerSpec {
   std::string nbdkit;           // the program (find_nbdkit)
   Options opts;                 // file (absolute), plugin options and control
-  bool read_only = false;       // nbdkit -r
+  bool read_only = false;       // nbdkit -r (and the plugin's readonly=1, in opts)
   std::string unix_socket;      // nbdkit -U
   std::optional<unsigned> port; // nbdkit -p
-  std::string bind;             // nbdkit -i
+  std::string bind;             // nbdkit -i; empty: every address
   std::string export_name;      // only this name is served (the exportname filter, strict)
   std::string tls_psk;          // --tls-psk=FILE
   std::string tls_certificates; // --tls-certificates=DIR
+  std::optional<unsigned> threads;  // nbdkit --threads
   bool exit_with_parent = false;
 };
 
@@ -58,8 +59,13 @@ class ServedSocket {
 // The server's status once its control socket answers, nullopt while it does not yet.
 std::optional<Json> try_status(const std::string& control);
 
+// What the export's description says (direct I/O, alignment, engine): the status's
+// "description" when it has one, else the same built from its other members.
+std::string export_description(const Json& status);
+
 // The message of the last error nbdkit printed ("nbdkit: loopdio[1]: error: offset=...:
-// ..." gives "offset=...: ..."), or, failing that, its last line; empty for no output.
+// ..." gives "offset=...: ..."), or, failing that, its last line without "nbdkit: "; empty
+// for no output.
 std::string nbdkit_error(const std::string& output);
 
 // How long nbdkit may take to open and probe the image before loopdio gives up.
