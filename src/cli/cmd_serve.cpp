@@ -175,7 +175,8 @@ struct ServeLoop {
       if (stopping) throw Error("interrupted before the export was ready");
       throw Error(start_failure(code));
     }
-    if (code == 0 || (stopping && code == 128 + SIGTERM)) return kExitOk;
+    // Ctrl-C reaches nbdkit too (it is in our process group), as well as our SIGTERM.
+    if (code == 0 || (stopping && (code == 128 + SIGTERM || code == 128 + SIGINT))) return kExitOk;
     throw Error("nbdkit exited with status " + std::to_string(code));
   }
 };
