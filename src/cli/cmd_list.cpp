@@ -27,7 +27,9 @@ const CommandHelp kHelp = {
     "SIZELIMIT (0: to the end), RO, DIO (direct I/O in effect), AIO (the engines in use,\n"
     "e.g. libaio+sync after a fallback; the one asked for while idle), LOG-SEC\n"
     "(minimum block size), CONNS (client connections now), PID (the server). An export\n"
-    "whose server is gone is removed, not listed.\n"};
+    "whose server is gone is removed, not listed. In the table, control characters,\n"
+    "bytes that are not UTF-8 and backslashes in paths are shown as \\xHH; --json gives\n"
+    "a path that is not UTF-8 with U+FFFD, and its exact bytes under \"<key>-hex\".\n"};
 
 const char* const kColumns[] = {"name", "back-file", "offset", "sizelimit", "ro", "dio", "aio",
                                 "log-sec", "conns", "pid"};
