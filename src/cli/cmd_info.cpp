@@ -103,16 +103,19 @@ void print_human(const Json& j) {
                         "can-fast-zero", "can-cache", "can-df"})
     if (yes(k)) flags += std::string(flags.empty() ? "" : " ") + (k + 4);
   if (yes("rotational")) flags += " rotational";
-  std::string name = get_path(j, j.at("canonical-name").is_null() ? "export-name" : "canonical-name");
+  std::string name =
+      get_path(j, j.at("canonical-name").is_null() ? "export-name" : "canonical-name");
   std::string desc = j.at("description").is_null() ? "(none)" : safe_encode(get_path(j, "description"));
   std::cout << "uri:          " << safe_encode(get_path(j, "uri")) << "\n"
             << "export name:  \"" << safe_encode(name) << "\"\n"
-            << "size:         " << num("size") << " (" << human_size(static_cast<std::uint64_t>(num("size"))) << ")\n"
+            << "size:         " << num("size") << " ("
+            << human_size(static_cast<std::uint64_t>(num("size"))) << ")\n"
             << "block sizes:  minimum " << num("block-minimum") << ", preferred " << num("block-preferred")
             << ", maximum " << num("block-maximum") << "\n"
             << "read-only:    " << (yes("read-only") ? "yes" : "no") << "\n"
             << "flags:        " << (flags.empty() ? "none" : flags) << "\n"
-            << "protocol:     " << j.at("protocol").get<std::string>() << (yes("tls") ? ", TLS" : ", no TLS") << "\n"
+            << "protocol:     " << j.at("protocol").get<std::string>()
+            << (yes("tls") ? ", TLS" : ", no TLS") << "\n"
             << "description:  " << desc << "\n";
 }
 

@@ -122,7 +122,8 @@ void print_table(const std::vector<Json>& rows) {
   }
   std::vector<std::size_t> width(header.size(), 0);
   for (const auto& line : cells)
-    for (std::size_t i = 0; i < line.size(); ++i) width[i] = std::max(width[i], display_width(line[i]));
+    for (std::size_t i = 0; i < line.size(); ++i)
+      width[i] = std::max(width[i], display_width(line[i]));
   for (const auto& line : cells) {
     std::string out;
     for (std::size_t i = 0; i < line.size(); ++i) {

@@ -152,8 +152,9 @@ struct ServeLoop {
       served.own();
       ready = true;
       relay.release();
-      std::cout << "serving " << safe_encode(state.requested.file) << " on " << safe_encode(request.where)
-                << "\ndescription: " << safe_encode(export_description(*status)) << std::endl;
+      std::cout << "serving " << safe_encode(state.requested.file) << " on "
+                << safe_encode(request.where) << "\ndescription: "
+                << safe_encode(export_description(*status)) << std::endl;
     } else if (std::chrono::steady_clock::now() > deadline) {
       throw Error("nbdkit did not start serving " + state.requested.file + " within " +
                   std::to_string(kStartTimeout.count()) + " s");
@@ -165,8 +166,8 @@ struct ServeLoop {
     std::string why = nbdkit_error(relay.held());
     if (why.empty()) return "nbdkit exited with status " + std::to_string(code) + " before serving";
     if (request.tcp && relay.held().find("bind") != std::string::npos)
-      return "cannot listen on " + request.listen.uri_host + ":" + std::to_string(*request.spec.port) +
-             ": " + why;
+      return "cannot listen on " + request.listen.uri_host + ":" +
+             std::to_string(*request.spec.port) + ": " + why;
     return why;
   }
 

@@ -27,8 +27,10 @@ bool loopback_v6(const struct in6_addr& a) {
 }
 
 bool loopback_sockaddr(const struct sockaddr* sa) {
-  if (sa->sa_family == AF_INET) return loopback_v4(reinterpret_cast<const sockaddr_in*>(sa)->sin_addr);
-  if (sa->sa_family == AF_INET6) return loopback_v6(reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr);
+  if (sa->sa_family == AF_INET)
+    return loopback_v4(reinterpret_cast<const sockaddr_in*>(sa)->sin_addr);
+  if (sa->sa_family == AF_INET6)
+    return loopback_v6(reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr);
   return false;
 }
 

@@ -11,10 +11,10 @@ namespace loopdio::cli {
 constexpr char kDefaultBind[] = "localhost";
 
 struct ListenAddress {
-  std::string bind;      // what nbdkit -i gets; empty: every address of every family
-  bool loopback = false; // only this host can connect
-  bool wildcard = false; // every address (0.0.0.0, ::, or *)
-  std::string uri_host;  // the host part of the URI clients use (an IPv6 address bracketed)
+  std::string bind;       // what nbdkit -i gets; empty: every address of every family
+  bool loopback = false;  // only this host can connect
+  bool wildcard = false;  // every address (0.0.0.0, ::, or *)
+  std::string uri_host;   // the host part of the URI clients use (an IPv6 address bracketed)
 };
 
 // True for a numeric address in 127.0.0.0/8, ::1, or ::ffff:127.0.0.0/104. False for

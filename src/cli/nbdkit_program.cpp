@@ -62,8 +62,8 @@ std::string find_nbdkit() {
                 said + "\" (exit " + std::to_string(r.status) + "); " + kWayOut);
   }
   if (older(*v, kMinimum))
-    throw Error("nbdkit " + to_string(*v) + " (" + program + ") is not supported: " + unsupported(*v) +
-                "; " + kWayOut);
+    throw Error("nbdkit " + to_string(*v) + " (" + program +
+                ") is not supported: " + unsupported(*v) + "; " + kWayOut);
   return program;
 }
 

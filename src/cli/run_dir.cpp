@@ -36,7 +36,8 @@ std::string distrust(const struct stat& st) {
   if (!S_ISDIR(st.st_mode)) return "not a directory";
   if (st.st_uid != ::geteuid() && st.st_uid != 0)
     return "owned by uid " + std::to_string(st.st_uid) + ", not by " +
-           (::geteuid() == 0 ? std::string("root") : "uid " + std::to_string(::geteuid()) + " or root");
+           (::geteuid() == 0 ? std::string("root")
+                             : "uid " + std::to_string(::geteuid()) + " or root");
   if (st.st_mode & 022)
     return std::string("writable by ") + (st.st_mode & 002 ? "others" : "its group") + " (mode " +
            mode_string(st.st_mode) + ")";
@@ -71,6 +72,21 @@ void write_all(int fd, std::string_view data, const std::string& path) {
   }
 }
 
+// At most `limit` bytes, up to end of file.
+std::string read_up_to(int fd, std::size_t limit, const std::string& path) {
+  std::string data(limit, '\0');
+  std::size_t got = 0;
+  while (got < limit) {
+    ssize_t n = ::read(fd, data.data() + got, limit - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw sys_error(path);
+    if (n == 0) break;
+    got += static_cast<std::size_t>(n);
+  }
+  data.resize(got);
+  return data;
+}
+
 }  // namespace
 
 RunDir::RunDir(std::string path) : path_(std::move(path)) {
@@ -87,8 +103,9 @@ void RunDir::create() {
   if (fd_) return;
   bool made = ::mkdir(path_.c_str(), 0755) == 0;
   if (!made && errno != EEXIST)
-    throw Error(sys_error(path_).what() +
-                std::string(" (loopdio keeps its state there: run as root, or set LOOPDIO_RUN_DIR)"));
+    throw Error(
+        sys_error(path_).what() +
+        std::string(" (loopdio keeps its state there: run as root, or set LOOPDIO_RUN_DIR)"));
   *this = RunDir(path_);
   if (!fd_) throw Error(path_ + ": removed while loopdio was creating it");
   // Only a directory made just now gets its mode set (the umask may have narrowed it).
@@ -109,7 +126,8 @@ std::vector<std::string> RunDir::names(std::string_view suffix) const {
   }
   while (struct dirent* e = ::readdir(dir.get())) {
     std::string_view n = e->d_name;
-    if (n.size() > suffix.size() && n.substr(n.size() - suffix.size()) == suffix) out.emplace_back(n);
+    if (n.size() > suffix.size() && n.substr(n.size() - suffix.size()) == suffix)
+      out.emplace_back(n);
   }
   return out;
 }
@@ -126,16 +144,9 @@ std::optional<std::string> RunDir::read(const std::string& base, std::size_t max
   if (!S_ISREG(st.st_mode)) throw Error(file(base) + ": not a regular file: not read");
   if (static_cast<std::size_t>(st.st_size) > max)
     throw Error(file(base) + ": larger than " + std::to_string(max) + " bytes: not read");
-  std::string data(max + 1, '\0');
-  std::size_t got = 0;
-  for (ssize_t n; got < data.size(); got += static_cast<std::size_t>(n)) {
-    n = ::read(fd.get(), data.data() + got, data.size() - got);
-    if (n < 0 && errno == EINTR) n = 0;
-    else if (n < 0) throw sys_error(file(base));
-    else if (n == 0) break;
-  }
-  if (got > max) throw Error(file(base) + ": larger than " + std::to_string(max) + " bytes: not read");
-  data.resize(got);
+  std::string data = read_up_to(fd.get(), max + 1, file(base));
+  if (data.size() > max)  // it grew since fstat
+    throw Error(file(base) + ": larger than " + std::to_string(max) + " bytes: not read");
   return data;
 }
 

@@ -39,7 +39,8 @@ std::string safe_encode(std::string_view s) {
     char32_t cp = 0;
     std::size_t n = utf8_length(s, i, cp);
     if (n == 0 || is_control(cp) || cp == '\\') {
-      for (std::size_t k = 0; k < (n ? n : 1); ++k) hex_byte(out, static_cast<unsigned char>(s[i + k]));
+      for (std::size_t k = 0; k < (n ? n : 1); ++k)
+        hex_byte(out, static_cast<unsigned char>(s[i + k]));
       i += n ? n : 1;
       continue;
     }

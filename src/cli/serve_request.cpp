@@ -43,7 +43,8 @@ std::string export_uri(const ServeRequest& r) {
   const ServerSpec& s = r.spec;
   bool tls = !s.tls_psk.empty() || !s.tls_certificates.empty();
   if (!r.tcp)
-    return std::string(tls ? "nbds+unix" : "nbd+unix") + ":///" + s.export_name + "?socket=" + s.unix_socket;
+    return std::string(tls ? "nbds+unix" : "nbd+unix") + ":///" + s.export_name +
+           "?socket=" + s.unix_socket;
   return std::string(tls ? "nbds" : "nbd") + "://" + r.listen.uri_host + ":" +
          std::to_string(*s.port) + (s.export_name.empty() ? "" : "/" + s.export_name);
 }
@@ -52,8 +53,10 @@ std::string export_uri(const ServeRequest& r) {
 
 po::options_description serve_options() {
   po::options_description d("Listening and access");
+  // clang-format off
   d.add_options()
-      ("unix,U", po::value<std::string>()->value_name("PATH"), "Listen on this Unix socket instead of TCP.")
+      ("unix,U", po::value<std::string>()->value_name("PATH"),
+       "Listen on this Unix socket instead of TCP.")
       ("port,p", po::value<unsigned>()->value_name("PORT"), "TCP port (default 10809).")
       ("bind,i", po::value<std::string>()->value_name("ADDR"),
        "Listen on this address (default localhost: loopback only). 0.0.0.0, :: or * listen "
@@ -73,6 +76,7 @@ po::options_description serve_options() {
        "nbdkit's worker threads (nbdkit --threads; default nbdkit's, 16).")
       ("max-connections", po::value<std::string>()->value_name("N"),
        "Refuse client connections beyond N at a time (plugin max-connections=; default 64).");
+  // clang-format on
   return d;
 }
 
@@ -92,7 +96,8 @@ ServeRequest serve_request(const po::variables_map& vm) {
   }
   if (vm.count("export-name")) s.export_name = vm["export-name"].as<std::string>();
   if (vm.count("tls-psk")) s.tls_psk = absolute_path(vm["tls-psk"].as<std::string>());
-  if (vm.count("tls-certificates")) s.tls_certificates = absolute_path(vm["tls-certificates"].as<std::string>());
+  if (vm.count("tls-certificates"))
+    s.tls_certificates = absolute_path(vm["tls-certificates"].as<std::string>());
   s.read_only = s.opts.readonly = vm.count("read-only") > 0;
   s.exit_with_parent = true;
   refuse_open_writes(r, vm.count("insecure-no-tls") > 0);

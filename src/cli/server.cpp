@@ -95,8 +95,8 @@ std::optional<Json> try_status(const std::string& control) {
 std::string export_description(const Json& st) {
   if (st.contains("description")) return get_path(st, "description");
   const std::string what = "control socket status";
-  std::string d = "loopdio: " + get_path(st, "file") + " (" +
-                  human_size(static_cast<std::uint64_t>(member<std::int64_t>(st, "size", what))) + "): ";
+  auto size = static_cast<std::uint64_t>(member<std::int64_t>(st, "size", what));
+  std::string d = "loopdio: " + get_path(st, "file") + " (" + human_size(size) + "): ";
   if (member<bool>(st, "dio", what))
     d += "direct I/O on, alignment " + std::to_string(member<std::int64_t>(st, "alignment", what));
   else

@@ -72,7 +72,8 @@ std::string opt_path(const Json& j, const std::string& key) {
   return j.contains(key) ? get_path(j, key) : std::string();
 }
 
-std::int64_t number(const Json& j, const std::string& key, std::int64_t def, const std::string& what) {
+std::int64_t number(const Json& j, const std::string& key, std::int64_t def,
+                    const std::string& what) {
   std::int64_t v = opt_member<std::int64_t>(j, key, what).value_or(def);
   if (v < 0) throw Error(what + ": \"" + key + "\" is negative");
   return v;
@@ -123,8 +124,10 @@ ExportState StateDir::load(const std::string& file_name) const {
   // the export's own files in this directory.
   if (!valid_name(s.name) || file_name != s.name + ".json")
     throw Error(what + ": its name \"" + s.name + "\" is not the file's");
-  if (s.control != file(s.name, ".ctl")) throw Error(what + ": its control socket is not " + file(s.name, ".ctl"));
-  if (!s.log.empty() && s.log != file(s.name, ".log")) throw Error(what + ": its log is not " + file(s.name, ".log"));
+  if (s.control != file(s.name, ".ctl"))
+    throw Error(what + ": its control socket is not " + file(s.name, ".ctl"));
+  if (!s.log.empty() && s.log != file(s.name, ".log"))
+    throw Error(what + ": its log is not " + file(s.name, ".log"));
   return s;
 }
 
@@ -169,7 +172,8 @@ std::vector<ExportState> StateDir::live() {
       std::fprintf(stderr,
                    "loopdio: %s: its server (pid %d) is gone; removed its state "
                    "(`nbd-client -d %s` disconnects the device)\n",
-                   safe_encode(s.device).c_str(), static_cast<int>(s.pid), safe_encode(s.device).c_str());
+                   safe_encode(s.device).c_str(), static_cast<int>(s.pid),
+                   safe_encode(s.device).c_str());
   }
   return out;
 }
