@@ -32,7 +32,4 @@ std::string handle_control(std::string_view line, ControlContext& ctx);
 // backing cannot do it.
 void switch_direct_io(Backing& b, DrainGate& gate, bool on);
 
-// A JSON string literal for `s` (kept for callers that still build JSON by hand).
-std::string json_string(std::string_view s);
-
 }  // namespace loopdio
