@@ -7,6 +7,7 @@ import argparse
 import atexit
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,8 @@ def parse_args():
     p.add_argument("--quick", action="store_true", help="256M image, 0.3 s cells, 1 repeat")
     p.add_argument("--dir", default="/var/tmp", help="where the image lives (its filesystem)")
     p.add_argument("--plugin", help="loopdio.so to use (default: build with scripts/build.sh)")
+    p.add_argument("--nbdkit", help="nbdkit for loopdio, file and null (default: the one "
+                   "loopdio is built against, nbdkit.pc's prefix/sbin/nbdkit)")
     p.add_argument("--threads", type=int, default=16,
                    help="nbdkit --threads for every nbdkit (default: nbdkit's own default)")
     p.add_argument("--runtime", type=float, help="seconds per cell (default 3, quick 0.3)")
@@ -57,6 +60,22 @@ def sh(*cmd):
     return subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
 
 
+def nbdkit_path(a, plugins=("file", "null")):
+    """The nbdkit every nbdkit target runs, by absolute path: the build's (as CMake finds it),
+    not whichever is first on PATH. It must be >= 1.34 (1.32.4 to 1.33.9 abort when a client
+    hangs up with requests queued) and have the peers' plugins in its own plugin directory."""
+    path = a.nbdkit or os.path.join(sh("pkg-config", "--variable=prefix", "nbdkit"), "sbin", "nbdkit")
+    m = os.access(path, os.X_OK) and re.match(r"nbdkit (\d+)\.(\d+)\S*", sh(path, "--version"))
+    if not m:
+        sys.exit(f"bench/run.py: {path} is no nbdkit (scripts/nbdkit.sh installs one)")
+    if (int(m[1]), int(m[2])) < (1, 34):
+        sys.exit(f"bench/run.py: {path} is {m[0]}; loopdio needs 1.34 or later")
+    for p in plugins:
+        if subprocess.run([path, "--dump-plugin", p], capture_output=True).returncode != 0:
+            sys.exit(f"bench/run.py: {path} has no {p} plugin")
+    return os.path.abspath(path)
+
+
 def machine(a, plugin):
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     rev = sh("git", "-C", TOP, "describe", "--always", "--dirty")
@@ -65,7 +84,7 @@ def machine(a, plugin):
         "mem_gib": round(mem / 2**30, 1), "kernel": os.uname().release,
         "fs": " ".join(sh("findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", a.dir).split()),
         "dir": a.dir, "loadavg_start": os.getloadavg()[0],
-        "fio": sh("fio", "--version"), "nbdkit": sh("nbdkit", "--version"),
+        "fio": sh("fio", "--version"), "nbdkit": f"{sh(a.nbdkit, '--version')} ({a.nbdkit})",
         "qemu": sh("qemu-nbd", "--version").splitlines()[0], "loopdio": rev, "plugin": plugin,
         "threads": a.threads, "runtime_s": a.runtime, "repeats": a.repeats,
         "image_bytes": a.size, "mode": "quick" if a.quick else "full",
@@ -83,7 +102,7 @@ def header(m):
 def run_cell(t, w, runtime, image, a, work):
     """One fio run against a fresh server (or loop device) after dropping caches."""
     fio.drop_caches()
-    inst = tg.bring_up(t, image, a.size, a.threads, work)
+    inst = tg.bring_up(t, image, a.size, a.threads, work, a.nbdkit)
     cell = {"target": t.name, "workload": w.name, "ok": False}
     try:
         cell.update(fio.run_fio(w, runtime, inst.start(), work), ok=True)
@@ -174,6 +193,7 @@ def main():
     plugin = plugin_path(a)
     if not os.path.exists(plugin):
         sys.exit(f"bench/run.py: no plugin at {plugin}")
+    a.nbdkit = nbdkit_path(a)
     ts = tg.all_targets(plugin)
     if a.only:
         ts = [t for t in ts if t.name in a.only.split(",")]

@@ -76,22 +76,22 @@ def reap(p, timeout=15.0):
         time.sleep(0.005)
 
 
-def _cmdline(target, image, size, threads, sock, pidfile):
+def _cmdline(target, image, size, threads, sock, pidfile, nbdkit):
     if target.kind == "qemu":
         return ["qemu-nbd", "-f", "raw", *target.args, "-k", sock, "--shared=4",
                 "--persistent", f"--pid-file={pidfile}", image]
     args = [a.format(img=image, size=size) for a in target.args]
-    return ["nbdkit", "--threads", str(threads), "-U", sock, "-P", pidfile, "-f", *args]
+    return [nbdkit, "--threads", str(threads), "-U", sock, "-P", pidfile, "-f", *args]
 
 
 class Server:
     """One NBD server for one cell: start() returns fio's target options, stop() the cost."""
 
-    def __init__(self, target, image, size, threads, workdir):
+    def __init__(self, target, image, size, threads, workdir, nbdkit):
         self.sock = os.path.join(workdir, "nbd.sock")
         self.pidfile = os.path.join(workdir, "server.pid")
         self.log = os.path.join(workdir, "server.log")
-        self.cmd = _cmdline(target, image, size, threads, self.sock, self.pidfile)
+        self.cmd = _cmdline(target, image, size, threads, self.sock, self.pidfile, nbdkit)
         self.proc = None
 
     def start(self):
@@ -166,9 +166,10 @@ class RawFile:
         return None
 
 
-def bring_up(target, image, size, threads, workdir):
+def bring_up(target, image, size, threads, workdir, nbdkit):
+    """nbdkit: the absolute path of the nbdkit that runs loopdio and its file and null peers."""
     if target.kind in ("nbdkit", "qemu"):
-        return Server(target, image, size, threads, workdir)
+        return Server(target, image, size, threads, workdir, nbdkit)
     if target.kind == "loop":
         return LoopDevice(target, image)
     return RawFile(image)

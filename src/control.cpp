@@ -12,8 +12,6 @@
 
 namespace loopdio {
 
-std::string json_string(std::string_view s) { return dump_line(Json(std::string(s))); }
-
 void switch_direct_io(Backing& b, DrainGate& gate, bool on) {
   if (b.direct() == on) return;
   b.check_direct(on);

@@ -15,7 +15,4 @@ class DrainGate;
 // backing cannot do it.
 void switch_direct_io(Backing& b, DrainGate& gate, bool on);
 
-// A JSON string literal for `s` (kept for callers that still build JSON by hand).
-std::string json_string(std::string_view s);
-
 }  // namespace loopdio

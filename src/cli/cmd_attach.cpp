@@ -7,19 +7,22 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <fstream>
 #include <iostream>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "args.h"
 #include "cli.h"
 #include "interrupt.h"
+#include "json_read.h"
 #include "loopdio/error.h"
 #include "loopdio/unique_fd.h"
 #include "nbd_kernel.h"
+#include "nbdkit_program.h"
 #include "paths.h"
 #include "process.h"
+#include "safe_text.h"
 #include "server.h"
 #include "state.h"
 
@@ -45,37 +48,34 @@ po::options_description attach_options() {
   return d;
 }
 
+constexpr std::size_t kMaxLog = 1 << 20;  // what is read of a server's start-up log
+
+// The server's start-up log, as far as it is read.
+std::string read_log(const StateDir& dir, const ExportState& s) {
+  try {
+    return dir.run().read(s.name + ".log", kMaxLog).value_or("");
+  } catch (const Error& e) {
+    return e.what();
+  }
+}
+
 // The plugin's notices at start-up (direct I/O refused, a fallback) are worth seeing here:
 // the server's log is otherwise read by nobody.
 void show_notices(const std::string& log) {
-  std::ifstream in(log);
+  std::istringstream in(log);
   const std::string prefix = "nbdkit: loopdio: ";
   for (std::string line; std::getline(in, line);)
-    if (line.rfind(prefix, 0) == 0) std::fprintf(stderr, "loopdio: %s\n", line.substr(prefix.size()).c_str());
-}
-
-std::string read_all(const std::string& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-// The devices' NBD sockets live in a directory only root may enter: nbdkit creates its
-// socket with mode 0755 whatever the umask, and whoever connects to it writes the disk.
-std::string private_dir(const StateDir& dir) {
-  std::string p = dir.file("private", "");
-  if (::mkdir(p.c_str(), 0700) != 0 && errno != EEXIST) throw sys_error(p);
-  if (::chmod(p.c_str(), 0700) != 0) throw sys_error(p);
-  return p;
+    if (line.rfind(prefix, 0) == 0)
+      std::fprintf(stderr, "loopdio: %s\n", safe_encode(line.substr(prefix.size())).c_str());
 }
 
 // Starts nbdkit in the foreground of a process of its own, detached from this command
 // (nbdkit's own daemonising is no use: the plugin's control socket would be removed by
 // the process that exits). `server` owns it from the start; returns its status once its
 // control socket answers.
-JsonObject start_server(const ServerSpec& spec, const std::string& plugin, const ExportState& state,
-                        std::optional<DaemonGuard>& server, pid_t& pid) {
-  UniqueFd log(::open(state.log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-  if (!log) throw sys_error(state.log);
+Json start_server(const ServerSpec& spec, const std::string& plugin, const StateDir& dir,
+                  const ExportState& state, std::optional<DaemonGuard>& server, pid_t& pid) {
+  UniqueFd log = dir.run().create_file(state.name + ".log", 0600);
   SpawnOptions so;
   so.out = so.err = log.get();
   pid = spawn_detached(nbdkit_command(spec, plugin), so);
@@ -83,7 +83,7 @@ JsonObject start_server(const ServerSpec& spec, const std::string& plugin, const
   auto deadline = std::chrono::steady_clock::now() + kStartTimeout;
   for (;;) {
     if (!process_alive(pid)) {
-      std::string why = nbdkit_error(read_all(state.log));
+      std::string why = nbdkit_error(read_log(dir, state));
       throw Error(!why.empty() ? why : "nbdkit exited before serving " + state.requested.file);
     }
     if (auto status = try_status(state.control)) return *status;
@@ -105,7 +105,7 @@ struct AttachRequest {
 AttachRequest request_from(const po::variables_map& vm, const NbdKernel& kernel) {
   AttachRequest r;
   apply_plugin_options(vm, r.spec.opts);
-  r.spec.read_only = vm.count("read-only") > 0;
+  r.spec.read_only = r.spec.opts.readonly = vm.count("read-only") > 0;
   r.connections = vm.at("connections").as<int>();
   if (r.connections < 1 || r.connections > 64) throw UsageError("attach: --connections: expected 1 to 64");
   if (vm.count("device")) r.device = kernel.parse_device(vm.at("device").as<std::string>());
@@ -136,7 +136,9 @@ ExportState new_state(const StateDir& dir, const NbdKernel& kernel, int index, A
   s.name = "nbd" + std::to_string(index);
   s.kind = "device";
   s.device = kernel.device_path(index);
-  s.socket = private_dir(dir) + "/" + s.name + ".sock";
+  // The devices' NBD sockets live in a directory only root may enter: nbdkit creates its
+  // socket with mode 0755 whatever the umask, and whoever connects to it writes the disk.
+  s.socket = dir.run().private_dir() + "/" + s.name + ".sock";
   s.uri = "nbd+unix:///?socket=" + s.socket;
   s.control = dir.file(s.name, ".ctl");
   s.log = dir.file(s.name, ".log");
@@ -191,6 +193,7 @@ int run_attach(const Args& args) {
   check_image(image);
   req.spec.opts.file = absolute_path(image);
   std::string plugin = find_plugin();
+  req.spec.nbdkit = find_nbdkit();
   std::string nbd_client = find_program("nbd-client", "LOOPDIO_NBD_CLIENT", "apt-get install nbd-client");
 
   InterruptGuard interrupts;
@@ -205,12 +208,13 @@ int run_attach(const Args& args) {
   // and sockets go. The state exists from the start, with no pid until the server has one.
   StateGuard guard(dir, state);
   std::optional<DaemonGuard> server;
-  JsonObject status = start_server(req.spec, plugin, state, server, state.pid);
+  Json status = start_server(req.spec, plugin, dir, state, server, state.pid);
   guard.update(state);
-  connect_device(kernel, nbd_client, state, index, status.num("log_sec"), req);
+  std::int64_t log_sec = member<std::int64_t>(status, "log_sec", "control socket " + state.control);
+  connect_device(kernel, nbd_client, state, index, log_sec, req);
   guard.keep();
   server->release();
-  show_notices(state.log);
+  show_notices(read_log(dir, state));
   if (req.show) std::cout << state.device << std::endl;
   return kExitOk;
 }

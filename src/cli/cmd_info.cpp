@@ -11,9 +11,10 @@
 
 #include "args.h"
 #include "cli.h"
-#include "json.h"
 #include "loopdio/backing.h"
 #include "loopdio/error.h"
+#include "loopdio/json.h"
+#include "safe_text.h"
 
 namespace loopdio::cli {
 namespace {
@@ -57,46 +58,65 @@ std::string take_string(char* s) {
   return r;
 }
 
-JsonObject describe(struct nbd_handle* h, const std::string& uri) {
-  JsonObject j;
-  j.set("uri", uri);
-  j.set("export-name", take_string(nbd_get_export_name(h)));
+Json describe(struct nbd_handle* h, const std::string& uri) {
+  Json j;
+  put_path(j, "uri", uri);
+  put_path(j, "export-name", take_string(nbd_get_export_name(h)));
   char* canonical = nbd_get_canonical_export_name(h);
-  j.set("canonical-name", canonical ? JsonValue(take_string(canonical)) : JsonValue(nullptr));
+  if (canonical)
+    put_path(j, "canonical-name", take_string(canonical));
+  else
+    j["canonical-name"] = nullptr;
   int64_t size = nbd_get_size(h);
   if (size < 0) nbd_failed(uri);
-  j.set("size", std::int64_t{size});
-  j.set("block-minimum", std::int64_t{nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM)});
-  j.set("block-preferred", std::int64_t{nbd_get_block_size(h, LIBNBD_SIZE_PREFERRED)});
-  j.set("block-maximum", std::int64_t{nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM)});
-  j.set("read-only", nbd_is_read_only(h) == 1).set("rotational", nbd_is_rotational(h) == 1);
-  j.set("can-flush", nbd_can_flush(h) == 1).set("can-fua", nbd_can_fua(h) == 1);
-  j.set("can-multi-conn", nbd_can_multi_conn(h) == 1).set("can-trim", nbd_can_trim(h) == 1);
-  j.set("can-zero", nbd_can_zero(h) == 1).set("can-fast-zero", nbd_can_fast_zero(h) == 1);
-  j.set("can-cache", nbd_can_cache(h) == 1).set("can-df", nbd_can_df(h) == 1);
+  j["size"] = size;
+  j["block-minimum"] = nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
+  j["block-preferred"] = nbd_get_block_size(h, LIBNBD_SIZE_PREFERRED);
+  j["block-maximum"] = nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM);
+  j["read-only"] = nbd_is_read_only(h) == 1;
+  j["rotational"] = nbd_is_rotational(h) == 1;
+  j["can-flush"] = nbd_can_flush(h) == 1;
+  j["can-fua"] = nbd_can_fua(h) == 1;
+  j["can-multi-conn"] = nbd_can_multi_conn(h) == 1;
+  j["can-trim"] = nbd_can_trim(h) == 1;
+  j["can-zero"] = nbd_can_zero(h) == 1;
+  j["can-fast-zero"] = nbd_can_fast_zero(h) == 1;
+  j["can-cache"] = nbd_can_cache(h) == 1;
+  j["can-df"] = nbd_can_df(h) == 1;
+  // The description names the image, whose path may be any bytes.
   char* desc = nbd_get_export_description(h);
-  j.set("description", desc ? JsonValue(take_string(desc)) : JsonValue(nullptr));
+  if (desc)
+    put_path(j, "description", take_string(desc));
+  else
+    j["description"] = nullptr;
   const char* proto = nbd_get_protocol(h);
-  j.set("protocol", std::string(proto ? proto : "?")).set("tls", nbd_get_tls_negotiated(h) == 1);
+  j["protocol"] = proto ? proto : "?";
+  j["tls"] = nbd_get_tls_negotiated(h) == 1;
   return j;
 }
 
-void print_human(const JsonObject& j) {
-  auto yes = [&](const char* k) { return j.boolean(k); };
+void print_human(const Json& j) {
+  auto yes = [&](const char* k) { return j.at(k).get<bool>(); };
+  auto num = [&](const char* k) { return j.at(k).get<std::int64_t>(); };
   std::string flags;
   for (const char* k : {"can-flush", "can-fua", "can-multi-conn", "can-trim", "can-zero",
                         "can-fast-zero", "can-cache", "can-df"})
     if (yes(k)) flags += std::string(flags.empty() ? "" : " ") + (k + 4);
   if (yes("rotational")) flags += " rotational";
-  std::cout << "uri:          " << j.str("uri") << "\n"
-            << "export name:  \"" << j.str_or("canonical-name", j.str("export-name")) << "\"\n"
-            << "size:         " << j.num("size") << " (" << human_size(static_cast<std::uint64_t>(j.num("size"))) << ")\n"
-            << "block sizes:  minimum " << j.num("block-minimum") << ", preferred " << j.num("block-preferred")
-            << ", maximum " << j.num("block-maximum") << "\n"
+  std::string name =
+      get_path(j, j.at("canonical-name").is_null() ? "export-name" : "canonical-name");
+  std::string desc = j.at("description").is_null() ? "(none)" : safe_encode(get_path(j, "description"));
+  std::cout << "uri:          " << safe_encode(get_path(j, "uri")) << "\n"
+            << "export name:  \"" << safe_encode(name) << "\"\n"
+            << "size:         " << num("size") << " ("
+            << human_size(static_cast<std::uint64_t>(num("size"))) << ")\n"
+            << "block sizes:  minimum " << num("block-minimum") << ", preferred " << num("block-preferred")
+            << ", maximum " << num("block-maximum") << "\n"
             << "read-only:    " << (yes("read-only") ? "yes" : "no") << "\n"
             << "flags:        " << (flags.empty() ? "none" : flags) << "\n"
-            << "protocol:     " << j.str("protocol") << (yes("tls") ? ", TLS" : ", no TLS") << "\n"
-            << "description:  " << j.str_or("description", "(none)") << "\n";
+            << "protocol:     " << j.at("protocol").get<std::string>()
+            << (yes("tls") ? ", TLS" : ", no TLS") << "\n"
+            << "description:  " << desc << "\n";
 }
 
 }  // namespace
@@ -119,10 +139,10 @@ int run_info(const Args& args) {
 
   std::string uri = vm->at("uri").as<std::string>();
   Handle h = connect(uri, timeout);
-  JsonObject j = describe(h.get(), uri);
+  Json j = describe(h.get(), uri);
   nbd_shutdown(h.get(), 0);
   if (vm->count("json"))
-    std::cout << j.dump() << std::endl;
+    std::cout << dump_line(j) << std::endl;
   else
     print_human(j);
   return kExitOk;

@@ -9,8 +9,10 @@
 #include "args.h"
 #include "cli.h"
 #include "control_client.h"
-#include "json.h"
+#include "json_read.h"
 #include "loopdio/error.h"
+#include "loopdio/json.h"
+#include "safe_text.h"
 #include "state.h"
 
 namespace loopdio::cli {
@@ -25,49 +27,87 @@ const CommandHelp kHelp = {
     "SIZELIMIT (0: to the end), RO, DIO (direct I/O in effect), AIO (the engines in use,\n"
     "e.g. libaio+sync after a fallback; the one asked for while idle), LOG-SEC\n"
     "(minimum block size), CONNS (client connections now), PID (the server). An export\n"
-    "whose server is gone is removed, not listed.\n"};
+    "whose server is gone is removed, not listed. In the table, control characters,\n"
+    "bytes that are not UTF-8 and backslashes in paths are shown as \\xHH; --json gives\n"
+    "a path that is not UTF-8 with U+FFFD, and its exact bytes under \"<key>-hex\".\n"};
 
 const char* const kColumns[] = {"name", "back-file", "offset", "sizelimit", "ro", "dio", "aio",
                                 "log-sec", "conns", "pid"};
 
-// One row: what the server says, or, when it does not answer, what the state file says
-// with the live columns left null.
-JsonObject row(const ExportState& s, bool& unanswered) {
-  JsonObject r;
-  r.set("name", s.display_name()).set("kind", s.kind);
-  try {
-    JsonObject st = control_call(s.control, "status", 5s);
-    r.set("back-file", st.str("file")).set("offset", st.num("offset"));
-    // served_readonly also counts nbdkit -r; the state file's read_only covers a server that
-    // has had no connection yet.
-    bool ro = st.opt_boolean("served_readonly").value_or(st.boolean("readonly")) || s.read_only;
-    r.set("sizelimit", st.num_or("sizelimit", 0)).set("ro", ro);
-    // The engines the connections really use (a fallback shows), else the one asked for.
-    r.set("dio", st.boolean("dio")).set("aio", st.str_or("aio_in_use", st.str("aio")));
-    r.set("log-sec", st.num("log_sec"));
-    r.set("conns", st.num_or("connections", 0)).set("pid", st.num("pid"));
-    if (auto engines = st.value("engines")) r.set("engines", *engines);  // connections by engine
-  } catch (const Error& e) {
-    std::fprintf(stderr, "loopdio: %s: %s\n", s.display_name().c_str(), e.what());
-    unanswered = true;
-    r.set("back-file", s.requested.file).set("offset", static_cast<std::int64_t>(s.requested.offset));
-    r.set("sizelimit", static_cast<std::int64_t>(s.requested.sizelimit.value_or(0)));
-    r.set("ro", s.read_only).set("dio", nullptr).set("aio", std::string(to_string(s.requested.engine)));
-    r.set("log-sec", nullptr).set("conns", nullptr).set("pid", std::int64_t{s.pid});
-  }
-  r.set("uri", s.uri).set("control", s.control);
+// The image the server serves. A plugin that sends no "file-hex" writes a path that is not
+// UTF-8 as raw bytes, which the reply parser replaced with U+FFFD: the state file has the
+// exact bytes (the server was started with them).
+std::string back_file(const Json& st, const ExportState& s) {
+  if (!st.contains("file-hex") && !is_utf8(s.requested.file)) return s.requested.file;
+  return get_path(st, "file");
+}
+
+// The columns the server reports. Throws loopdio::Error when it does not answer.
+Json live_columns(const ExportState& s) {
+  Json r;
+  Json st = control_call(s.control, "status", 5s);
+  std::string what = "control socket " + s.control;
+  put_path(r, "back-file", back_file(st, s));
+  r["offset"] = member<std::int64_t>(st, "offset", what);
+  r["sizelimit"] = opt_member<std::int64_t>(st, "sizelimit", what).value_or(0);
+  // served_readonly also counts nbdkit -r; the state file's read_only covers a server that
+  // has had no connection yet.
+  auto served_ro = opt_member<bool>(st, "served_readonly", what);
+  r["ro"] = served_ro.value_or(member<bool>(st, "readonly", what)) || s.read_only;
+  r["dio"] = member<bool>(st, "dio", what);
+  // The engines the connections really use (a fallback shows), else the one asked for.
+  auto in_use = opt_member<std::string>(st, "aio_in_use", what);
+  r["aio"] = in_use ? *in_use : member<std::string>(st, "aio", what);
+  r["log-sec"] = member<std::int64_t>(st, "log_sec", what);
+  r["conns"] = opt_member<std::int64_t>(st, "connections", what).value_or(0);
+  r["pid"] = member<std::int64_t>(st, "pid", what);
+  if (st.contains("engines")) r["engines"] = st["engines"];  // connections by engine
   return r;
 }
 
-std::string cell(const JsonObject& r, const char* key) {
-  if (r.is_null(key)) return "-";
-  std::string k = key;
-  if (k == "ro" || k == "dio") return r.boolean(key) ? "1" : "0";
-  if (k == "name" || k == "back-file" || k == "aio") return r.str(key);
-  return std::to_string(r.num(key));
+// What the state file says, with the columns only the server knows left null.
+Json state_columns(const ExportState& s) {
+  Json r;
+  put_path(r, "back-file", s.requested.file);
+  r["offset"] = s.requested.offset;
+  r["sizelimit"] = s.requested.sizelimit.value_or(0);
+  r["ro"] = s.read_only;
+  r["dio"] = nullptr;
+  r["aio"] = to_string(s.requested.engine);
+  r["log-sec"] = nullptr;
+  r["conns"] = nullptr;
+  r["pid"] = s.pid;
+  return r;
 }
 
-void print_table(const std::vector<JsonObject>& rows) {
+Json row(const ExportState& s, bool& unanswered) {
+  Json r;
+  put_path(r, "name", s.display_name());
+  r["kind"] = s.kind;
+  try {
+    r.update(live_columns(s));
+  } catch (const Error& e) {
+    std::fprintf(stderr, "loopdio: %s: %s\n", safe_encode(s.display_name()).c_str(),
+                 safe_encode(e.what()).c_str());
+    unanswered = true;
+    r.update(state_columns(s));
+  }
+  put_path(r, "uri", s.uri);
+  put_path(r, "control", s.control);
+  return r;
+}
+
+// One cell of the table, safely encoded: a path is shown from its exact bytes.
+std::string cell(const Json& r, const std::string& key) {
+  const Json& v = r.at(key);
+  if (v.is_null()) return "-";
+  if (v.is_boolean()) return v.get<bool>() ? "1" : "0";
+  if (key == "name" || key == "back-file") return safe_encode(get_path(r, key));
+  if (v.is_string()) return safe_encode(v.get<std::string>());
+  return v.dump();
+}
+
+void print_table(const std::vector<Json>& rows) {
   std::vector<std::vector<std::string>> cells;
   std::vector<std::string> header;
   for (const char* c : kColumns) {
@@ -75,22 +115,35 @@ void print_table(const std::vector<JsonObject>& rows) {
     std::transform(header.back().begin(), header.back().end(), header.back().begin(), ::toupper);
   }
   cells.push_back(header);
-  for (const JsonObject& r : rows) {
+  for (const Json& r : rows) {
     std::vector<std::string> line;
     for (const char* c : kColumns) line.push_back(cell(r, c));
     cells.push_back(line);
   }
   std::vector<std::size_t> width(header.size(), 0);
   for (const auto& line : cells)
-    for (std::size_t i = 0; i < line.size(); ++i) width[i] = std::max(width[i], line[i].size());
+    for (std::size_t i = 0; i < line.size(); ++i)
+      width[i] = std::max(width[i], display_width(line[i]));
   for (const auto& line : cells) {
     std::string out;
     for (std::size_t i = 0; i < line.size(); ++i) {
       bool last = i + 1 == line.size();
-      out += line[i] + (last ? "" : std::string(width[i] - line[i].size() + 1, ' '));
+      out += line[i] + (last ? "" : std::string(width[i] - display_width(line[i]) + 1, ' '));
     }
     std::cout << out << "\n";
   }
+}
+
+// A JSON array, one object a line.
+void print_json(const std::vector<Json>& rows) {
+  if (rows.empty()) {
+    std::cout << "[]" << std::endl;
+    return;
+  }
+  std::cout << "[\n";
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    std::cout << "  " << dump_line(rows[i]) << (i + 1 < rows.size() ? ",\n" : "\n");
+  std::cout << "]" << std::endl;
 }
 
 }  // namespace
@@ -104,10 +157,10 @@ int run_list(const Args& args) {
   StateDir dir;
   StateLock lock(dir);
   bool unanswered = false;
-  std::vector<JsonObject> rows;
+  std::vector<Json> rows;
   for (const ExportState& s : dir.live()) rows.push_back(row(s, unanswered));
   if (vm->count("json"))
-    std::cout << json_array(rows) << std::endl;
+    print_json(rows);
   else if (!rows.empty())
     print_table(rows);
   return unanswered ? kExitFailure : kExitOk;

@@ -6,6 +6,7 @@
 #include "args.h"
 #include "cli.h"
 #include "control_client.h"
+#include "json_read.h"
 #include "loopdio/error.h"
 #include "state.h"
 
@@ -42,12 +43,15 @@ int run_set(const Args& args) {
     StateLock lock(dir);
     return dir.find(vm->at("target").as<std::string>());
   }();
-  JsonObject reply = control_request(s.control, "set direct-io " + value, 120s);
-  if (!reply.boolean("ok"))
-    throw Error(s.display_name() + ": cannot switch direct I/O " + value + ": " +
-                reply.str_or("error", "refused"));
-  if (reply.boolean("dio") != (value == "on"))
-    throw Error(s.display_name() + ": the server reports direct I/O " + (reply.boolean("dio") ? "on" : "off"));
+  Json reply = control_request(s.control, "set direct-io " + value, 120s);
+  std::string what = "control socket " + s.control;
+  const std::string& name = s.display_name();
+  if (!member<bool>(reply, "ok", what))
+    throw Error(name + ": cannot switch direct I/O " + value + ": " +
+                opt_member<std::string>(reply, "error", what).value_or("refused"));
+  bool dio = member<bool>(reply, "dio", what);
+  if (dio != (value == "on"))
+    throw Error(name + ": the server reports direct I/O " + (dio ? "on" : "off"));
   return kExitOk;
 }
 

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "json_read.h"
 #include "loopdio/error.h"
 #include "loopdio/unique_fd.h"
 
@@ -43,9 +44,16 @@ UniqueFd connect_to(const std::string& path) {
   return fd;
 }
 
+// The reply as JSON. Invalid UTF-8 is replaced first, which leaves valid JSON valid.
+Json parse_reply(const std::string& reply, const std::string& what) {
+  if (is_utf8(reply)) return parse_json(reply, what);
+  std::string quoted = dump_line(Json(reply));
+  return parse_json(Json::parse(quoted).get<std::string>(), what);
+}
+
 }  // namespace
 
-JsonObject control_request(const std::string& path, std::string_view command,
+Json control_request(const std::string& path, std::string_view command,
                            std::chrono::milliseconds timeout) {
   auto deadline = Clock::now() + timeout;
   UniqueFd fd = connect_to(path);
@@ -70,13 +78,18 @@ JsonObject control_request(const std::string& path, std::string_view command,
     reply.append(buf, static_cast<std::size_t>(n));
   }
   reply.resize(reply.find('\n'));
-  return JsonObject::parse(reply, "control socket " + path);
+  Json j = parse_reply(reply, "control socket " + path);
+  if (!j.is_object()) throw Error("control socket " + path + ": the reply is not a JSON object");
+  return j;
 }
 
-JsonObject control_call(const std::string& path, std::string_view command,
-                        std::chrono::milliseconds timeout) {
-  JsonObject reply = control_request(path, command, timeout);
-  if (!reply.boolean("ok")) throw Error(reply.str_or("error", "the export refused \"" + std::string(command) + "\""));
+Json control_call(const std::string& path, std::string_view command,
+                  std::chrono::milliseconds timeout) {
+  Json reply = control_request(path, command, timeout);
+  std::string what = "control socket " + path;
+  if (!member<bool>(reply, "ok", what))
+    throw Error(opt_member<std::string>(reply, "error", what)
+                    .value_or("the export refused \"" + std::string(command) + "\""));
   return reply;
 }
 

@@ -11,6 +11,7 @@
 #include "cli.h"
 #include "loopdio/error.h"
 #include "loopdio/version.h"
+#include "safe_text.h"
 
 namespace {
 
@@ -41,7 +42,8 @@ void print_help(std::FILE* to) {
   std::fprintf(to,
                "\nState: one JSON file per export in /run/loopdio ($LOOPDIO_RUN_DIR), with its\n"
                "control socket. The plugin: $LOOPDIO_PLUGIN, else loopdio.so next to this\n"
-               "program, else nbdkit's plugin directory.\n\n%s",
+               "program, else nbdkit's plugin directory. nbdkit (1.34 or later):\n"
+               "$LOOPDIO_NBDKIT, else the one the plugin was built against, else PATH's.\n\n%s",
                kExitCodesHelp);
 }
 
@@ -73,11 +75,12 @@ int main(int argc, char* argv[]) {
     if (!c) throw UsageError("unknown command \"" + name + "\"");
     return c->run(Args(argv + 2, argv + argc));
   } catch (const UsageError& e) {
-    std::fprintf(stderr, "loopdio: %s (see loopdio %s--help)\n", e.what(),
+    std::fprintf(stderr, "loopdio: %s (see loopdio %s--help)\n", safe_encode(e.what()).c_str(),
                  find_command(name) ? (name + " ").c_str() : "");
     return kExitUsage;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "loopdio: %s\n", e.what());
+    // Messages carry paths, which may hold any byte: still one line, still readable.
+    std::fprintf(stderr, "loopdio: %s\n", safe_encode(e.what()).c_str());
     return kExitFailure;
   }
 }

@@ -156,7 +156,7 @@ bool process_alive(pid_t pid) {
   return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] != 'Z';
 }
 
-Child::Child(Child&& o) noexcept : pid_(o.pid_) { o.pid_ = -1; }
+Child::Child(Child&& o) noexcept : pid_(o.pid_), exit_code_(o.exit_code_) { o.pid_ = -1; }
 
 Child::~Child() {
   if (pid_ > 0) {
@@ -167,8 +167,14 @@ Child::~Child() {
   }
 }
 
+int Child::reaped(int status) {
+  pid_ = -1;
+  exit_code_ = exit_code(status);
+  return *exit_code_;
+}
+
 std::optional<int> Child::try_wait() {
-  if (pid_ <= 0) return std::nullopt;
+  if (pid_ <= 0) return exit_code_;
   int status = 0;
   pid_t r;
   do {
@@ -176,29 +182,37 @@ std::optional<int> Child::try_wait() {
   } while (r < 0 && errno == EINTR);
   if (r < 0) throw sys_error("waitpid " + std::to_string(pid_));
   if (r == 0) return std::nullopt;
-  pid_ = -1;
-  return exit_code(status);
+  return reaped(status);
 }
 
 int Child::wait() {
+  // waitpid(-1) would reap some other child of ours.
+  if (pid_ <= 0) {
+    if (exit_code_) return *exit_code_;
+    throw Error("wait: the process was released, it is no longer loopdio's child");
+  }
   int status = 0;
   pid_t r;
   do {
     r = ::waitpid(pid_, &status, 0);
   } while (r < 0 && errno == EINTR);
   if (r < 0) throw sys_error("waitpid " + std::to_string(pid_));
-  pid_ = -1;
-  return exit_code(status);
+  return reaped(status);
 }
 
+bool Child::signal(int sig) { return pid_ > 0 && ::kill(pid_, sig) == 0; }
+
 int Child::stop(std::chrono::milliseconds grace) {
-  ::kill(pid_, SIGTERM);
+  // Reaped or released: nothing of ours to stop. kill(-1, ...) would signal every
+  // process loopdio may signal, which for root is all of them.
+  if (pid_ <= 0) return exit_code_.value_or(0);
+  signal(SIGTERM);
   auto deadline = std::chrono::steady_clock::now() + grace;
   while (std::chrono::steady_clock::now() < deadline) {
     if (auto code = try_wait()) return *code;
     std::this_thread::sleep_for(20ms);
   }
-  ::kill(pid_, SIGKILL);
+  signal(SIGKILL);
   return wait();
 }
 
@@ -235,7 +249,7 @@ bool process_runs(pid_t pid, const std::string& marker) {
 }
 
 bool stop_process(pid_t pid, const std::string& marker, std::chrono::milliseconds grace) {
-  if (!process_runs(pid, marker)) return true;
+  if (pid <= 0 || !process_runs(pid, marker)) return true;  // never a group, never -1
   if (::kill(pid, SIGTERM) != 0 && errno != ESRCH) throw sys_error("kill " + std::to_string(pid));
   auto deadline = std::chrono::steady_clock::now() + grace;
   while (std::chrono::steady_clock::now() < deadline) {

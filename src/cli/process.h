@@ -34,18 +34,29 @@ class Child {
   Child(const Child&) = delete;
   ~Child();  // stops a child that is still ours: SIGTERM, then SIGKILL after 10 s
 
+  // The running child's pid; -1 once it has been waited for or released.
   pid_t pid() const { return pid_; }
-  // The exit code once it has exited (128 + N after signal N), without blocking.
+  // The exit code once it has exited (128 + N after signal N), without blocking. Once
+  // reaped, the same code again; nullopt while it runs, and after release().
   std::optional<int> try_wait();
+  // Blocks until it has exited; the recorded code when it already has. Throws
+  // loopdio::Error after release(): it is no longer ours to wait for.
   int wait();
-  // SIGTERM, wait up to `grace`, then SIGKILL; returns the exit code.
+  // Sends `sig` while it is still ours and running; false otherwise. Never signals a
+  // process group or every process (a pid of 0 or -1 would).
+  bool signal(int sig);
+  // SIGTERM, wait up to `grace`, then SIGKILL; returns the exit code. After wait() or
+  // release() no signal is sent: it returns the recorded code (0 after release()).
   int stop(std::chrono::milliseconds grace);
   // It is no longer ours to stop: it keeps running after loopdio exits.
   void release() { pid_ = -1; }
 
  private:
   explicit Child(pid_t pid) : pid_(pid) {}
+  int reaped(int status);  // records the exit code of a child that waitpid returned
+
   pid_t pid_ = -1;
+  std::optional<int> exit_code_;
 };
 
 // fork, fork again, exec: the program runs as a child of init (or of the nearest

@@ -9,20 +9,22 @@
 #include <string>
 #include <vector>
 
-#include "json.h"
+#include "loopdio/json.h"
 #include "loopdio/options.h"
 
 namespace loopdio::cli {
 
 struct ServerSpec {
+  std::string nbdkit;           // the program (find_nbdkit)
   Options opts;                 // file (absolute), plugin options and control
-  bool read_only = false;       // nbdkit -r
+  bool read_only = false;       // nbdkit -r (and the plugin's readonly=1, in opts)
   std::string unix_socket;      // nbdkit -U
   std::optional<unsigned> port; // nbdkit -p
-  std::string bind;             // nbdkit -i
+  std::string bind;             // nbdkit -i; empty: every address
   std::string export_name;      // only this name is served (the exportname filter, strict)
   std::string tls_psk;          // --tls-psk=FILE
   std::string tls_certificates; // --tls-certificates=DIR
+  std::optional<unsigned> threads;  // nbdkit --threads
   bool exit_with_parent = false;
 };
 
@@ -33,11 +35,37 @@ std::vector<std::string> nbdkit_command(const ServerSpec& spec, const std::strin
 // image is loopdio's own one-line error.
 void check_image(const std::string& path);
 
+// serve --unix PATH: nbdkit refuses to start on an existing socket and leaves its own behind
+// when it exits. PATH comes from the user's command line (never from a state file): this
+// removes it when it is a socket that nobody listens on, a server's that was killed.
+void remove_dead_socket(const std::string& path);
+
+// Removes the Unix socket an export was served on once its server has stopped (it is
+// destroyed after the server's handle), when it is still a socket. Only once owned: a
+// server that did not start may have failed on a socket that is another server's.
+class ServedSocket {
+ public:
+  explicit ServedSocket(std::string path) : path_(std::move(path)) {}
+  ServedSocket(const ServedSocket&) = delete;
+  ServedSocket& operator=(const ServedSocket&) = delete;
+  ~ServedSocket();
+  void own() { owned_ = true; }  // our server listens on it
+
+ private:
+  std::string path_;
+  bool owned_ = false;
+};
+
 // The server's status once its control socket answers, nullopt while it does not yet.
-std::optional<JsonObject> try_status(const std::string& control);
+std::optional<Json> try_status(const std::string& control);
+
+// What the export's description says (direct I/O, alignment, engine): the status's
+// "description" when it has one, else the same built from its other members.
+std::string export_description(const Json& status);
 
 // The message of the last error nbdkit printed ("nbdkit: loopdio[1]: error: offset=...:
-// ..." gives "offset=...: ..."), or, failing that, its last line; empty for no output.
+// ..." gives "offset=...: ..."), or, failing that, its last line without "nbdkit: "; empty
+// for no output.
 std::string nbdkit_error(const std::string& output);
 
 // How long nbdkit may take to open and probe the image before loopdio gives up.

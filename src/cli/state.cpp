@@ -7,34 +7,29 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
+#include "json_read.h"
 #include "loopdio/error.h"
 #include "paths.h"
 #include "process.h"
+#include "safe_text.h"
 
 namespace loopdio::cli {
 namespace {
 
 namespace fs = std::filesystem;
 
-void unlink_if(const std::string& path, bool only_socket) {
-  if (path.empty()) return;
-  struct stat st {};
-  if (::lstat(path.c_str(), &st) != 0) return;
-  if (only_socket && !S_ISSOCK(st.st_mode)) return;
-  ::unlink(path.c_str());
-}
+constexpr std::size_t kMaxStateFile = 64 << 10;
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw sys_error(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+// A name loopdio gives an export ("nbd0", "serve-1234"): it becomes file names.
+bool valid_name(const std::string& n) {
+  if (n.empty() || n.size() > 64 || !std::isalnum(static_cast<unsigned char>(n[0]))) return false;
+  return std::all_of(n.begin(), n.end(), [](unsigned char c) {
+    return std::isalnum(c) || c == '-' || c == '_' || c == '.';
+  });
 }
 
 }  // namespace
@@ -47,71 +42,103 @@ std::string ExportState::display_name() const {
 
 bool ExportState::alive() const { return process_runs(pid, marker()); }
 
-JsonObject ExportState::to_json() const {
-  JsonObject j;
-  j.set("name", name).set("kind", kind).set("device", device).set("socket", socket);
-  j.set("uri", uri).set("control", control).set("log", log);
-  j.set("pid", std::int64_t{pid}).set("owner", std::int64_t{owner});
-  j.set("image", requested.file).set("direct-io", std::string(to_string(requested.direct_io)));
-  j.set("aio", std::string(to_string(requested.engine)));
-  j.set("offset", static_cast<std::int64_t>(requested.offset));
-  j.set("sizelimit", requested.sizelimit ? JsonValue(static_cast<std::int64_t>(*requested.sizelimit))
-                                         : JsonValue(nullptr));
-  j.set("sector-size", std::int64_t{requested.sector_size});
-  j.set("read-only", read_only).set("connections", std::int64_t{connections});
-  j.set("export-name", export_name);
+Json ExportState::to_json() const {
+  Json j;
+  j["name"] = name;
+  j["kind"] = kind;
+  put_path(j, "device", device);
+  put_path(j, "socket", socket);
+  put_path(j, "uri", uri);
+  put_path(j, "control", control);
+  put_path(j, "log", log);
+  j["pid"] = pid;
+  j["owner"] = owner;
+  put_path(j, "image", requested.file);
+  j["direct-io"] = to_string(requested.direct_io);
+  j["aio"] = to_string(requested.engine);
+  j["offset"] = requested.offset;
+  j["sizelimit"] = requested.sizelimit ? Json(*requested.sizelimit) : Json(nullptr);
+  j["sector-size"] = requested.sector_size;
+  j["read-only"] = read_only;
+  j["connections"] = connections;
+  put_path(j, "export-name", export_name);
   return j;
 }
 
-ExportState ExportState::from_json(const JsonObject& j) {
+namespace {
+
+// A path member that may be absent (an older file) or empty.
+std::string opt_path(const Json& j, const std::string& key) {
+  return j.contains(key) ? get_path(j, key) : std::string();
+}
+
+std::int64_t number(const Json& j, const std::string& key, std::int64_t def,
+                    const std::string& what) {
+  std::int64_t v = opt_member<std::int64_t>(j, key, what).value_or(def);
+  if (v < 0) throw Error(what + ": \"" + key + "\" is negative");
+  return v;
+}
+
+}  // namespace
+
+ExportState ExportState::from_json(const Json& j, const std::string& what) {
+  if (!j.is_object()) throw Error(what + ": not a JSON object");
   ExportState s;
-  s.name = j.str("name");
-  s.kind = j.str("kind");
-  s.device = j.str_or("device", "");
-  s.socket = j.str_or("socket", "");
-  s.uri = j.str_or("uri", "");
-  s.control = j.str("control");
-  s.log = j.str_or("log", "");
-  s.pid = static_cast<pid_t>(j.num("pid"));
-  s.owner = static_cast<pid_t>(j.num_or("owner", 0));
-  s.requested.file = j.str("image");
-  apply_option(s.requested, "directio", j.str_or("direct-io", "auto"));
-  apply_option(s.requested, "aio", j.str_or("aio", "libaio"));
-  s.requested.offset = static_cast<std::uint64_t>(j.num_or("offset", 0));
-  if (!j.is_null("sizelimit")) s.requested.sizelimit = static_cast<std::uint64_t>(j.num("sizelimit"));
-  s.requested.sector_size = static_cast<std::uint32_t>(j.num_or("sector-size", 0));
+  s.name = member<std::string>(j, "name", what);
+  s.kind = member<std::string>(j, "kind", what);
+  s.pid = static_cast<pid_t>(member<std::int64_t>(j, "pid", what));
+  s.owner = static_cast<pid_t>(number(j, "owner", 0, what));
+  std::string dio = opt_member<std::string>(j, "direct-io", what).value_or("auto");
+  std::string aio = opt_member<std::string>(j, "aio", what).value_or("libaio");
+  s.requested.offset = static_cast<std::uint64_t>(number(j, "offset", 0, what));
+  if (auto limit = opt_member<std::int64_t>(j, "sizelimit", what))
+    s.requested.sizelimit = static_cast<std::uint64_t>(*limit);
+  s.requested.sector_size = static_cast<std::uint32_t>(number(j, "sector-size", 0, what));
+  s.read_only = opt_member<bool>(j, "read-only", what).value_or(false);
+  s.connections = static_cast<int>(number(j, "connections", 1, what));
+  try {
+    s.device = opt_path(j, "device");
+    s.socket = opt_path(j, "socket");
+    s.uri = opt_path(j, "uri");
+    s.control = get_path(j, "control");
+    s.log = opt_path(j, "log");
+    s.requested.file = get_path(j, "image");
+    s.export_name = opt_path(j, "export-name");
+    apply_option(s.requested, "directio", dio);
+    apply_option(s.requested, "aio", aio);
+  } catch (const Error& e) {
+    throw Error(what + ": " + e.what());
+  }
   s.requested.control = s.control;
-  s.read_only = j.opt_boolean("read-only").value_or(false);
-  s.connections = static_cast<int>(j.num_or("connections", 1));
-  s.export_name = j.str_or("export-name", "");
   return s;
 }
 
-StateDir::StateDir() : path_(run_dir()) {}
+StateDir::StateDir() : run_(absolute_path(run_dir())) {}
 
-std::string StateDir::file(const std::string& name, const std::string& suffix) const {
-  return path_ + "/" + name + suffix;
-}
-
-void StateDir::create() const {
-  std::error_code ec;
-  fs::create_directories(path_, ec);
-  if (ec)
-    throw Error(path_ + ": " + ec.message() +
-                " (loopdio keeps its state there: run as root, or set LOOPDIO_RUN_DIR)");
-  ::chmod(path_.c_str(), 0755);
+ExportState StateDir::load(const std::string& file_name) const {
+  std::string what = file(file_name, "");
+  std::optional<std::string> text = run_.read(file_name, kMaxStateFile);
+  if (!text) throw Error(what + ": removed meanwhile");
+  ExportState s = ExportState::from_json(parse_json(*text, what), what);
+  // What loopdio itself writes: the name is the file's, the control socket and the log are
+  // the export's own files in this directory.
+  if (!valid_name(s.name) || file_name != s.name + ".json")
+    throw Error(what + ": its name \"" + s.name + "\" is not the file's");
+  if (s.control != file(s.name, ".ctl"))
+    throw Error(what + ": its control socket is not " + file(s.name, ".ctl"));
+  if (!s.log.empty() && s.log != file(s.name, ".log"))
+    throw Error(what + ": its log is not " + file(s.name, ".log"));
+  return s;
 }
 
 std::vector<ExportState> StateDir::load_all() const {
   std::vector<ExportState> out;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(path_, ec)) {
-    const fs::path& p = entry.path();
-    if (p.extension() != ".json") continue;
+  for (const std::string& n : run_.names(".json")) {
+    if (n[0] == '.') continue;  // a temporary file
     try {
-      out.push_back(ExportState::from_json(JsonObject::parse(read_file(p.string()), p.string())));
+      out.push_back(load(n));
     } catch (const Error& e) {
-      std::fprintf(stderr, "loopdio: warning: skipping %s\n", e.what());
+      std::fprintf(stderr, "loopdio: warning: skipping %s\n", safe_encode(e.what()).c_str());
     }
   }
   std::sort(out.begin(), out.end(), [](const ExportState& a, const ExportState& b) {
@@ -121,26 +148,15 @@ std::vector<ExportState> StateDir::load_all() const {
 }
 
 void StateDir::save(const ExportState& s) const {
-  std::string final_path = file(s.name, ".json");
-  std::string tmp = final_path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << s.to_json().dump() << "\n";
-    out.flush();
-    if (!out) throw sys_error(tmp);
-  }
-  if (::rename(tmp.c_str(), final_path.c_str()) != 0) {
-    Error e = sys_error("rename " + tmp);
-    ::unlink(tmp.c_str());
-    throw e;
-  }
+  if (!valid_name(s.name)) throw Error("state: bad export name \"" + s.name + "\"");
+  run_.write_atomic(s.name + ".json", dump_line(s.to_json()) + "\n", 0644);
 }
 
 void StateDir::remove(const ExportState& s) const {
-  unlink_if(file(s.name, ".json"), false);
-  unlink_if(s.control, true);
-  unlink_if(s.socket, true);
-  unlink_if(s.log, false);
+  if (valid_name(s.name)) run_.remove_inside(file(s.name, ".json"), S_IFREG);
+  run_.remove_inside(s.control, S_IFSOCK);
+  run_.remove_inside(s.socket, S_IFSOCK);
+  run_.remove_inside(s.log, S_IFREG);
 }
 
 std::vector<ExportState> StateDir::live() {
@@ -150,13 +166,14 @@ std::vector<ExportState> StateDir::live() {
       out.push_back(std::move(s));
       continue;
     }
-    if (::access(path_.c_str(), W_OK) != 0) continue;  // not ours to clean: leave it
+    if (!run_.writable()) continue;  // not ours to clean: leave it
     remove(s);
     if (s.kind == "device")
       std::fprintf(stderr,
                    "loopdio: %s: its server (pid %d) is gone; removed its state "
                    "(`nbd-client -d %s` disconnects the device)\n",
-                   s.device.c_str(), static_cast<int>(s.pid), s.device.c_str());
+                   safe_encode(s.device).c_str(), static_cast<int>(s.pid),
+                   safe_encode(s.device).c_str());
   }
   return out;
 }
@@ -188,15 +205,13 @@ StateGuard::~StateGuard() {
 }
 
 StateLock::StateLock(const StateDir& dir) {
-  if (::access(dir.path().c_str(), W_OK) != 0) return;
-  std::string path = dir.path() + "/.lock";
-  fd_.reset(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-  if (!fd_) throw sys_error(path);
+  if (!dir.run().writable()) return;
+  fd_ = dir.run().open_lock();
   int r;
   do {
     r = ::flock(fd_.get(), LOCK_EX);
   } while (r != 0 && errno == EINTR);
-  if (r != 0) throw sys_error("flock " + path);
+  if (r != 0) throw sys_error("flock " + dir.file(".lock", ""));
 }
 
 }  // namespace loopdio::cli

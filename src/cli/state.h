@@ -10,9 +10,10 @@
 #include <string>
 #include <vector>
 
-#include "json.h"
+#include "loopdio/json.h"
 #include "loopdio/options.h"
 #include "loopdio/unique_fd.h"
+#include "run_dir.h"
 
 namespace loopdio::cli {
 
@@ -37,25 +38,33 @@ struct ExportState {
   std::string marker() const { return "control=" + control; }
   bool alive() const;
 
-  JsonObject to_json() const;
-  static ExportState from_json(const JsonObject& j);
+  // Paths are written with put_path, so that any bytes survive the round trip. from_json
+  // throws loopdio::Error naming `what` (the file) when a member is missing or mistyped.
+  Json to_json() const;
+  static ExportState from_json(const Json& j, const std::string& what);
 };
 
 class StateDir {
  public:
+  // $LOOPDIO_RUN_DIR or /run/loopdio, opened if it exists. Throws loopdio::Error when it is
+  // not a directory loopdio may trust (run_dir.h).
   StateDir();
-  const std::string& path() const { return path_; }
-  std::string file(const std::string& name, const std::string& suffix) const;
+  const std::string& path() const { return run_.path(); }
+  std::string file(const std::string& name, const std::string& suffix) const {
+    return run_.file(name + suffix);
+  }
+  const RunDir& run() const { return run_; }
 
-  // Creates the directory (mode 0755) if needed; says what to do when it cannot.
-  void create() const;
-  // Every readable state file, live or not, sorted by name. Unreadable files are skipped
-  // with a warning on stderr.
+  // Creates the directory (mode 0755) if it is missing; says what to do when it cannot.
+  void create() { run_.create(); }
+  // Every readable state file, live or not, sorted by name. A file that cannot be read or
+  // does not describe an export of this directory is skipped with a warning on stderr.
   std::vector<ExportState> load_all() const;
-  // Writes atomically (a temporary file renamed over the old one).
+  // Writes atomically (a new temporary file renamed over the old one).
   void save(const ExportState& s) const;
-  // Removes the state file and what belongs to the export: control socket, log, and a
-  // socket of loopdio's own (attach) or one nbdkit left behind.
+  // Removes the state file and what belongs to the export inside the run directory: its
+  // control socket, its log, its socket in private/. Nothing a state file names outside the
+  // directory is ever removed.
   void remove(const ExportState& s) const;
 
   // Removes stale state (a server that is gone) and returns the live exports. A device
@@ -66,7 +75,9 @@ class StateDir {
   ExportState find(const std::string& target);
 
  private:
-  std::string path_;
+  ExportState load(const std::string& file_name) const;
+
+  RunDir run_;
 };
 
 // A state file that exists exactly as long as its export: saved on construction, removed
@@ -87,8 +98,8 @@ class StateGuard {
 };
 
 // An exclusive flock on <run dir>/.lock for as long as it lives: attach, detach, serve's
-// bookkeeping and the stale-state sweep take turns. Taken only when the directory can be
-// written (a user who may only read still gets `list`).
+// bookkeeping and the stale-state sweep take turns. Taken only when the directory exists and
+// can be written (a user who may only read still gets `list`).
 class StateLock {
  public:
   explicit StateLock(const StateDir& dir);

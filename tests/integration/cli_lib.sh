@@ -11,3 +11,26 @@ expect_error() {
   grep -qF -- "$want" "$T/err" || { cat "$T/err"; fail "$*: message lacks '$want'"; }
   echo "refused (exit $rc): $(cat "$T/err")"
 }
+
+# serve_until_ready OUT COMMAND...: runs COMMAND (a `loopdio serve`, or a shell that execs
+# one) in the background, stdout to OUT and stderr to OUT.err, until it prints "serving ";
+# sets SERVE_PID. Stopped on exit.
+serve_until_ready() {
+  local out=$1 i
+  shift
+  "$@" >"$out" 2>"$out.err" &
+  SERVE_PID=$!
+  at_exit "kill $SERVE_PID; wait $SERVE_PID"
+  for i in $(seq 300); do
+    grep -qs '^serving ' "$out" && return 0
+    kill -0 $SERVE_PID 2>/dev/null || { cat "$out.err" >&2; fail "$*: exited"; }
+    sleep 0.05
+  done
+  fail "$*: not serving after 15 s"
+}
+
+# stop_serve: SIGTERM to the serve started last; it must exit 0.
+stop_serve() {
+  kill -TERM "$SERVE_PID"
+  wait "$SERVE_PID" || fail "serve: exit $? after SIGTERM"
+}

@@ -13,5 +13,5 @@ for c in 512:512 4096:4096 4096:512; do
   VM_DISKS=("$T/disk-$disk_bs-$nbd_bs.raw:$disk_bs")
   vm_run "kc-$disk_bs-$nbd_bs" kernel-client.sh NBD_BS=$nbd_bs
   by=$(vm_console | sed -n 's/^== \[.*\] attached by //p')
-  pass "disk blocks $disk_bs, client blocks $nbd_bs (attached by $by): ext4 written, verified cold, after e2fsck and through loop ($VM_SECONDS s)"
+  pass "disk blocks $disk_bs, client blocks $nbd_bs (attached by $by, $(vm_nbdkit)): ext4 written, verified cold, after e2fsck and through loop ($VM_SECONDS s)"
 done

@@ -34,5 +34,5 @@ for c in 4096:4096:0 4096:4096:1 4096:512:1; do
   e2fsck -fn "$dev" >"$T/fsck.out" 2>&1 || { cat "$T/fsck.out"; fail "$name: the guest's ext4 is damaged"; }
   losetup -d "$dev"
   rm -f "$disk"
-  pass "$name (attached by $by): every record acknowledged before the kill is in the image"
+  pass "$name (attached by $by, $(vm_nbdkit)): every record acknowledged before the kill is in the image"
 done

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The units under a real systemd: systemd-nspawn boots this machine's /usr on a throwaway root
-# with the shipped units, a TLS export on its Unix socket and TCP, and a block device, each with
+# with the units as built, a TLS export on its Unix socket and TCP, and a block device, each with
 # its documented drop-in. From inside: patterns through both, a live direct-I/O switch on the
 # control socket, and the sandbox in force (no capabilities, seccomp, a network of its own).
 source "$(dirname "$0")/lib.sh"
 require_root
 require systemd-nspawn losetup psktool nbdkit nbdinfo
 
+: "${LOOPDIO_BUILD:?run through ctest}"
 SRC=${LOOPDIO_SOURCE:-$(cd "$TESTS_DIR/../.." && pwd)}
 mnt=$(make_fs ext4 128M)  # the container's /var/lib/loopdio
 truncate -s 32M "$mnt/vm1.img"
@@ -98,7 +99,7 @@ PY
 machine=loopdio-test-$$
 at_exit "rm -rf /run/systemd/nspawn/propagate/$machine"
 binds=(--bind-ro="$SRC/systemd/loopdio@.socket:/etc/systemd/system/loopdio@.socket"
-  --bind-ro="$SRC/systemd/loopdio@.service:/etc/systemd/system/loopdio@.service"
+  --bind-ro="$LOOPDIO_BUILD/systemd/loopdio@.service:/etc/systemd/system/loopdio@.service"
   --bind-ro="$PLUGIN:/opt/loopdio.so" --bind-ro="$T/etc:/etc/loopdio" --bind="$mnt:/var/lib/loopdio"
   --bind-ro="$T/check.py:/check/check.py" --bind="$T/out:/check/out" --bind="$dev")
 for u in "$T"/units/*; do binds+=(--bind-ro="$u:/etc/systemd/system/${u##*/}"); done

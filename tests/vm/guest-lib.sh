@@ -18,6 +18,12 @@ disk_mount() {
 
 NBD_DEV=/dev/nbd0
 LOOPDIO_CLI=$(dirname "$LOOPDIO_PLUGIN")/loopdio
+# The host test's nbdkit (/usr/local/sbin/nbdkit where Debian's is too old) comes first on
+# PATH, where `loopdio attach` looks for it too: 1.32.4 to 1.33.9 abort when a client hangs up
+# with requests queued.
+PATH=$(dirname "$NBDKIT"):$PATH
+nbdkit_version=$(nbdkit --version | awk '$1 == "nbdkit" { print $2 }')
+dpkg --compare-versions "$nbdkit_version" ge 1.34 || fail "$NBDKIT is nbdkit $nbdkit_version (< 1.34)"
 
 # attach IMAGE BLOCKSIZE [directio=V|aio=V...]: IMAGE served by the plugin on $NBD_DEV,
 # whose block size (the kernel client's request granularity) is BLOCKSIZE. `loopdio attach`

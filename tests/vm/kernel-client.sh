@@ -2,7 +2,7 @@
 # served with direct I/O from the virtio disk; files of random data written, read back cold,
 # then checked again through a loop device after detach and e2fsck.
 source "$VM_LIB"
-step "kernel $(uname -r), vda logical block $(cat /sys/block/vda/queue/logical_block_size), nbd -b $NBD_BS"
+step "kernel $(uname -r), $(command -v nbdkit) $nbdkit_version, vda logical block $(cat /sys/block/vda/queue/logical_block_size), nbd -b $NBD_BS"
 disk_mount /dev/vda /mnt/disk
 img=/mnt/disk/loopdio.img
 truncate -s 256M "$img"

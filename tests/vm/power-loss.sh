@@ -2,7 +2,7 @@
 # /dev/nbd0 (directio=$DIRECTIO, client blocks of $NBD_BS), and writers of durable numbered
 # records that run until the host kills the VM.
 source "$VM_LIB"
-step "kernel $(uname -r), vda logical block $(cat /sys/block/vda/queue/logical_block_size), nbd -b $NBD_BS, directio=$DIRECTIO"
+step "kernel $(uname -r), $(command -v nbdkit) $nbdkit_version, vda logical block $(cat /sys/block/vda/queue/logical_block_size), nbd -b $NBD_BS, directio=$DIRECTIO"
 disk_mount /dev/vda /mnt/disk
 truncate -s 64M /mnt/disk/loopdio.img
 sync  # the image's inode and size; its blocks are allocated by the writes under test

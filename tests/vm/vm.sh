@@ -114,15 +114,16 @@ vm_setup() {
 }
 
 # vm_prepare NAME SCENARIO [VAR=VALUE...]: $T/vm-NAME/env for the guest (the scenario, the
-# plugin, the variables), and the qemu command line in VM_CMD; the console goes to VM_LOG.
+# plugin, the test's nbdkit, the variables), and the qemu command line in VM_CMD; the console
+# goes to VM_LOG.
 vm_prepare() {
   local scenario=$2 dir=$T/vm-$1 i=0 d kv
   shift 2
   rm -rf "$dir"
   mkdir -p "$dir"
   {
-    printf 'VM_SCENARIO=%q\nVM_LIB=%q\nLOOPDIO_PLUGIN=%q\n' "$VM_DIR/$scenario" \
-      "$VM_DIR/guest-lib.sh" "$(realpath "$PLUGIN")"
+    printf 'VM_SCENARIO=%q\nVM_LIB=%q\nLOOPDIO_PLUGIN=%q\nNBDKIT=%q\n' "$VM_DIR/$scenario" \
+      "$VM_DIR/guest-lib.sh" "$(realpath "$PLUGIN")" "$(command -v nbdkit)"
     for kv in "$@"; do printf '%s=%q\n' "${kv%%=*}" "${kv#*=}"; done
   } >"$dir/env"
   VM_LOG=$dir/console.log
@@ -188,6 +189,8 @@ vm_wait_for() {
 }
 
 vm_console() { [ -f "$VM_LOG" ] && tr -d '\r' <"$VM_LOG"; }
+# The nbdkit the guest ran and its version, from the scenario's first step.
+vm_nbdkit() { vm_console | sed -n 's/^== \[.*\] kernel [^,]*, \([^,]*\),.*/\1/p'; }
 vm_result_is() { vm_console | grep -q "^LOOPDIO-VM: $1"; }
 vm_show_log() {
   echo "---- guest console ($1) ----" >&2

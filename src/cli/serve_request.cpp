@@ -1,0 +1,109 @@
+// serve's options and the listening policy; see serve_request.h.
+#include "serve_request.h"
+
+#include "loopdio/error.h"
+#include "paths.h"
+
+namespace loopdio::cli {
+namespace {
+
+void check_exclusions(const po::variables_map& vm) {
+  if (vm.count("unix") && (vm.count("port") || vm.count("bind") || vm.count("insecure-no-tls")))
+    throw UsageError("serve: --unix and --port/--bind/--insecure-no-tls exclude each other");
+  if (vm.count("tls-psk") && vm.count("tls-certificates"))
+    throw UsageError("serve: --tls-psk and --tls-certificates exclude each other");
+}
+
+void apply_limits(const po::variables_map& vm, ServerSpec& s) {
+  if (vm.count("threads")) {
+    unsigned t = vm["threads"].as<unsigned>();
+    if (t < 1 || t > 1024) throw UsageError("serve: --threads: expected 1 to 1024");
+    s.threads = t;
+  }
+  if (vm.count("max-connections")) {
+    try {
+      apply_option(s.opts, "max-connections", vm["max-connections"].as<std::string>());
+    } catch (const Error& e) {
+      throw UsageError(std::string("--") + e.what());
+    }
+  }
+}
+
+// Anyone who reaches the address could write the image, unauthenticated and in clear.
+void refuse_open_writes(const ServeRequest& r, bool insecure) {
+  bool tls = !r.spec.tls_psk.empty() || !r.spec.tls_certificates.empty();
+  if (!r.tcp || r.listen.loopback || r.spec.read_only || tls || insecure) return;
+  std::string bind = r.listen.bind.empty() ? "*" : r.listen.bind;
+  throw UsageError("serve: --bind " + bind +
+                   " is reachable from other hosts, which could write the image without TLS: "
+                   "add --tls-psk or --tls-certificates, or -r, or --insecure-no-tls to allow it");
+}
+
+std::string export_uri(const ServeRequest& r) {
+  const ServerSpec& s = r.spec;
+  bool tls = !s.tls_psk.empty() || !s.tls_certificates.empty();
+  if (!r.tcp)
+    return std::string(tls ? "nbds+unix" : "nbd+unix") + ":///" + s.export_name +
+           "?socket=" + s.unix_socket;
+  return std::string(tls ? "nbds" : "nbd") + "://" + r.listen.uri_host + ":" +
+         std::to_string(*s.port) + (s.export_name.empty() ? "" : "/" + s.export_name);
+}
+
+}  // namespace
+
+po::options_description serve_options() {
+  po::options_description d("Listening and access");
+  // clang-format off
+  d.add_options()
+      ("unix,U", po::value<std::string>()->value_name("PATH"),
+       "Listen on this Unix socket instead of TCP.")
+      ("port,p", po::value<unsigned>()->value_name("PORT"), "TCP port (default 10809).")
+      ("bind,i", po::value<std::string>()->value_name("ADDR"),
+       "Listen on this address (default localhost: loopback only). 0.0.0.0, :: or * listen "
+       "on every address.")
+      ("insecure-no-tls",
+       "Allow a writable export without TLS on an address other hosts can reach (refused "
+       "otherwise: anyone who reaches it could write the image).")
+      ("export-name,e", po::value<std::string>()->value_name("NAME"),
+       "Serve under this export name only; clients asking for another name are refused.")
+      ("read-only,r", "Clients may not write (nbdkit -r, plugin readonly=1).")
+      ("tls-psk", po::value<std::string>()->value_name("FILE"),
+       "Require TLS with the pre-shared keys in FILE (psktool -u USER -p FILE).")
+      ("tls-certificates", po::value<std::string>()->value_name("DIR"),
+       "Require TLS with the X.509 certificates in DIR (ca-cert.pem, server-cert.pem, "
+       "server-key.pem).")
+      ("threads,t", po::value<unsigned>()->value_name("N"),
+       "nbdkit's worker threads (nbdkit --threads; default nbdkit's, 16).")
+      ("max-connections", po::value<std::string>()->value_name("N"),
+       "Refuse client connections beyond N at a time (plugin max-connections=; default 64).");
+  // clang-format on
+  return d;
+}
+
+ServeRequest serve_request(const po::variables_map& vm) {
+  check_exclusions(vm);
+  ServeRequest r;
+  ServerSpec& s = r.spec;
+  apply_plugin_options(vm, s.opts);
+  apply_limits(vm, s);
+  r.tcp = !vm.count("unix");
+  if (!r.tcp) s.unix_socket = absolute_path(vm["unix"].as<std::string>());
+  if (r.tcp) {
+    s.port = vm.count("port") ? vm["port"].as<unsigned>() : kDefaultPort;
+    if (*s.port == 0 || *s.port > 65535) throw UsageError("serve: --port: expected 1 to 65535");
+    r.listen = classify_bind(vm.count("bind") ? vm["bind"].as<std::string>() : kDefaultBind);
+    s.bind = r.listen.bind;
+  }
+  if (vm.count("export-name")) s.export_name = vm["export-name"].as<std::string>();
+  if (vm.count("tls-psk")) s.tls_psk = absolute_path(vm["tls-psk"].as<std::string>());
+  if (vm.count("tls-certificates"))
+    s.tls_certificates = absolute_path(vm["tls-certificates"].as<std::string>());
+  s.read_only = s.opts.readonly = vm.count("read-only") > 0;
+  s.exit_with_parent = true;
+  refuse_open_writes(r, vm.count("insecure-no-tls") > 0);
+  r.uri = export_uri(r);
+  r.where = r.uri + (r.listen.wildcard ? " (listening on every address)" : "");
+  return r;
+}
+
+}  // namespace loopdio::cli
