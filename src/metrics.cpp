@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <cstring>
 
+#include "loopdio/error.h"
+
 namespace loopdio {
 namespace {
 
@@ -76,6 +78,41 @@ Json metrics_json(const ExportMetrics& m) {
   j["bounced_bytes"] = m.stats.bounced_bytes;
   j["fallbacks"] = m.stats.fallbacks;
   return j;
+}
+
+ExportMetrics metrics_from_json(const Json& j) {
+  try {
+    ExportMetrics m;
+    m.name = get_path(j, "name");
+    m.file = get_path(j, "file");
+    m.open = j.at("open").get<bool>();
+    m.connections = j.at("connections").get<unsigned>();
+    m.in_flight = j.at("in_flight").get<unsigned>();
+    m.direct = j.at("dio").get<bool>();
+    for (int c = 0; c < kCmds; ++c) {
+      const Json& p = j.at("commands").at(to_string(static_cast<Cmd>(c)));
+      StatsSnapshot::PerCmd& q = m.stats.cmd[c];
+      q.requests = p.at("requests").get<std::uint64_t>();
+      q.bytes = p.at("bytes").get<std::uint64_t>();
+      q.errors = p.at("errors").get<std::uint64_t>();
+      q.latency_ns = p.at("latency_ns").get<std::uint64_t>();
+      const Json& b = p.at("buckets");
+      for (int i = 0; i < kLatencyBuckets && i < static_cast<int>(b.size()); ++i)
+        q.buckets[i] = b.at(i).get<std::uint64_t>();
+    }
+    for (auto& [name, n] : j.at("errors").items()) {
+      int e = 0;
+      for (int k = 1; k < kMaxErrno; ++k)
+        if (errno_name(k) == name) e = k;
+      m.stats.errors[e] += n.get<std::uint64_t>();
+    }
+    m.stats.rmw = j.at("read_modify_writes").get<std::uint64_t>();
+    m.stats.bounced_bytes = j.at("bounced_bytes").get<std::uint64_t>();
+    m.stats.fallbacks = j.at("fallbacks").get<std::uint64_t>();
+    return m;
+  } catch (const Json::exception& e) {
+    throw Error(std::string("statistics: ") + e.what());
+  }
 }
 
 std::string prometheus_text(const std::vector<ExportMetrics>& exports) {

@@ -114,6 +114,11 @@ Json Service::status() {
       put_path(e, "name", n);
       put_path(e, "file", opts_.dir + "/" + n);
       e["open"] = false;
+      try {
+        e["description"] = dir_->describe(n);
+      } catch (const Error& err) {
+        e["description"] = std::string("loopdio: unavailable: ") + err.what();
+      }
     }
     exports.push_back(std::move(e));
   }

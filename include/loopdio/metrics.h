@@ -24,6 +24,9 @@ struct ExportMetrics {
 };
 
 Json metrics_json(const ExportMetrics& m);
+// The reverse, for a client of the control socket's `stats`. Throws loopdio::Error on a
+// reply that is not one.
+ExportMetrics metrics_from_json(const Json& j);
 std::string prometheus_text(const std::vector<ExportMetrics>& exports);
 
 // "EIO" for 5; "errno 200" for what has no name.

@@ -29,5 +29,6 @@ int run_detach(const Args& args);
 int run_list(const Args& args);
 int run_set(const Args& args);
 int run_info(const Args& args);
+int run_stat(const Args& args);
 
 }  // namespace loopdio::cli

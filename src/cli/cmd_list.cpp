@@ -26,7 +26,9 @@ const CommandHelp kHelp = {
     "state each server reports now: NAME (device, socket or URI), BACK-FILE, OFFSET,\n"
     "SIZELIMIT (0: to the end), RO, DIO (direct I/O in effect), AIO (the engines in use,\n"
     "e.g. libaio+sync after a fallback; the one asked for while idle), LOG-SEC\n"
-    "(minimum block size), CONNS (client connections now), PID (the server). An export\n"
+    "(minimum block size), CONNS (client connections now), PID (the server). A server of a\n"
+    "directory shows a row per image in it, named by the export's URI; the live columns of\n"
+    "an export no client has open are \"-\". An export\n"
     "whose server is gone is removed, not listed. In the table, control characters,\n"
     "bytes that are not UTF-8 and backslashes in paths are shown as \\xHH; --json gives\n"
     "a path that is not UTF-8 with U+FFFD, and its exact bytes under \"<key>-hex\".\n"};
@@ -42,10 +44,9 @@ std::string back_file(const Json& st, const ExportState& s) {
   return get_path(st, "file");
 }
 
-// The columns the server reports. Throws loopdio::Error when it does not answer.
-Json live_columns(const ExportState& s) {
+// The columns one export's status gives (a server's, or one export of a directory's).
+Json export_columns(const Json& st, const ExportState& s) {
   Json r;
-  Json st = control_call(s.control, "status", 5s);
   std::string what = "control socket " + s.control;
   put_path(r, "back-file", back_file(st, s));
   r["offset"] = member<std::int64_t>(st, "offset", what);
@@ -60,15 +61,55 @@ Json live_columns(const ExportState& s) {
   r["aio"] = in_use ? *in_use : member<std::string>(st, "aio", what);
   r["log-sec"] = member<std::int64_t>(st, "log_sec", what);
   r["conns"] = opt_member<std::int64_t>(st, "connections", what).value_or(0);
-  r["pid"] = member<std::int64_t>(st, "pid", what);
   if (st.contains("engines")) r["engines"] = st["engines"];  // connections by engine
   return r;
+}
+
+// An export of a directory that no connection has open: its path, nothing live.
+Json closed_columns(const Json& e, const ExportState& s) {
+  Json r;
+  put_path(r, "back-file", get_path(e, "file"));
+  r["offset"] = 0;
+  r["sizelimit"] = 0;
+  r["ro"] = s.read_only;
+  r["dio"] = nullptr;
+  r["aio"] = to_string(s.requested.engine);
+  r["log-sec"] = nullptr;
+  r["conns"] = 0;
+  return r;
+}
+
+// The rows the server reports: one, or one per export of a directory. Throws
+// loopdio::Error when it does not answer.
+std::vector<Json> live_rows(const ExportState& s) {
+  Json st = control_call(s.control, "status", 5s);
+  std::string what = "control socket " + s.control;
+  auto pid = member<std::int64_t>(st, "pid", what);
+  std::vector<Json> rows;
+  if (!st.contains("exports")) {
+    Json r;
+    put_path(r, "name", s.display_name());
+    r.update(export_columns(st, s));
+    r["pid"] = pid;
+    rows.push_back(std::move(r));
+    return rows;
+  }
+  for (const Json& e : st.at("exports")) {
+    Json r;
+    std::string name = get_path(e, "name");
+    put_path(r, "name", export_uri(s, name));
+    put_path(r, "export", name);
+    r.update(member<bool>(e, "open", what) ? export_columns(e, s) : closed_columns(e, s));
+    r["pid"] = pid;
+    rows.push_back(std::move(r));
+  }
+  return rows;
 }
 
 // What the state file says, with the columns only the server knows left null.
 Json state_columns(const ExportState& s) {
   Json r;
-  put_path(r, "back-file", s.requested.file);
+  put_path(r, "back-file", image_of(s.requested));
   r["offset"] = s.requested.offset;
   r["sizelimit"] = s.requested.sizelimit.value_or(0);
   r["ro"] = s.read_only;
@@ -80,21 +121,25 @@ Json state_columns(const ExportState& s) {
   return r;
 }
 
-Json row(const ExportState& s, bool& unanswered) {
-  Json r;
-  put_path(r, "name", s.display_name());
-  r["kind"] = s.kind;
+std::vector<Json> rows_of(const ExportState& s, bool& unanswered) {
+  std::vector<Json> rows;
   try {
-    r.update(live_columns(s));
+    rows = live_rows(s);
   } catch (const Error& e) {
     std::fprintf(stderr, "loopdio: %s: %s\n", safe_encode(s.display_name()).c_str(),
                  safe_encode(e.what()).c_str());
     unanswered = true;
+    Json r;
+    put_path(r, "name", s.display_name());
     r.update(state_columns(s));
+    rows.push_back(std::move(r));
   }
-  put_path(r, "uri", s.uri);
-  put_path(r, "control", s.control);
-  return r;
+  for (Json& r : rows) {
+    r["kind"] = s.kind;
+    put_path(r, "uri", r.contains("export") ? get_path(r, "name") : s.uri);
+    put_path(r, "control", s.control);
+  }
+  return rows;
 }
 
 // One cell of the table, safely encoded: a path is shown from its exact bytes.
@@ -158,7 +203,8 @@ int run_list(const Args& args) {
   StateLock lock(dir);
   bool unanswered = false;
   std::vector<Json> rows;
-  for (const ExportState& s : dir.live()) rows.push_back(row(s, unanswered));
+  for (const ExportState& s : dir.live())
+    for (Json& r : rows_of(s, unanswered)) rows.push_back(std::move(r));
   if (vm->count("json"))
     print_json(rows);
   else if (!rows.empty())

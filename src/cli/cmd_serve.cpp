@@ -3,6 +3,7 @@
 // orphaned), relays its log, forwards Ctrl-C and SIGTERM to it, and keeps a state file for
 // exactly as long as the export is served.
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
@@ -29,9 +30,11 @@ namespace {
 using namespace std::chrono_literals;
 
 const CommandHelp kHelp = {
-    "serve", "[options] IMAGE",
+    "serve", "[options] IMAGE|DIR",
     "Serves IMAGE over NBD with nbdkit and the loopdio plugin, in the foreground, until\n"
-    "Ctrl-C or SIGTERM. Without --unix it listens on TCP port 10809 of localhost only;\n"
+    "Ctrl-C or SIGTERM. A directory DIR serves every image in it, each as an export named\n"
+    "by its file name (nbd://localhost/NAME); files added later are served too.\n"
+    "Without --unix it listens on TCP port 10809 of localhost only;\n"
     "on an address other hosts can reach, a writable export needs TLS (or -r, or\n"
     "--insecure-no-tls). It prints the URI and the export's description once ready.\n"
     "While it runs, `loopdio list` shows the export and `loopdio set` switches it.\n"};
@@ -152,13 +155,29 @@ struct ServeLoop {
       served.own();
       ready = true;
       relay.release();
-      std::cout << "serving " << safe_encode(state.requested.file) << " on "
-                << safe_encode(request.where) << "\ndescription: "
-                << safe_encode(export_description(*status)) << std::endl;
+      print_ready(*status);
     } else if (std::chrono::steady_clock::now() > deadline) {
-      throw Error("nbdkit did not start serving " + state.requested.file + " within " +
+      throw Error("nbdkit did not start serving " + image_of(state.requested) + " within " +
                   std::to_string(kStartTimeout.count()) + " s");
     }
+  }
+
+  // Where it serves and what: one export's description, or each export of a directory.
+  void print_ready(const Json& status) {
+    const Options& o = state.requested;
+    if (o.dir.empty()) {
+      std::cout << "serving " << safe_encode(o.file) << " on " << safe_encode(request.where)
+                << "\ndescription: " << safe_encode(export_description(status)) << std::endl;
+      return;
+    }
+    const Json& exports = status.at("exports");
+    std::cout << "serving the images in " << safe_encode(o.dir) << " (" << exports.size()
+              << " now), each by its name, on " << safe_encode(export_uri(state, "NAME"))
+              << (request.listen.wildcard ? " (listening on every address)" : "") << "\n";
+    for (const Json& e : exports)
+      std::cout << "export " << safe_encode(get_path(e, "name")) << ": "
+                << safe_encode(export_description(e)) << "\n";
+    std::cout << std::flush;
   }
 
   // Why nbdkit exited before the export was ready, in one line.
@@ -184,6 +203,11 @@ struct ServeLoop {
 
 }  // namespace
 
+static bool is_directory(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
 int run_serve(const Args& args) {
   po::options_description visible;
   visible.add(serve_options()).add(plugin_options());
@@ -199,7 +223,9 @@ int run_serve(const Args& args) {
   ServerSpec& spec = request.spec;
   std::string image = vm->at("image").as<std::string>();
   check_image(image);
-  spec.opts.file = absolute_path(image);
+  if (!spec.opts.default_export.empty() && !is_directory(image))
+    throw UsageError("serve: --default-export applies to a directory of images");
+  (is_directory(image) ? spec.opts.dir : spec.opts.file) = absolute_path(image);
   std::string plugin = find_plugin();
   spec.nbdkit = find_nbdkit();
 

@@ -16,10 +16,13 @@ namespace {
 using namespace std::chrono_literals;
 
 const CommandHelp kHelp = {
-    "set", "--direct-io=on|off DEVICE|SOCKET",
+    "set", "--direct-io=on|off DEVICE|SOCKET|URI",
     "Switches direct I/O of a running export started by loopdio, without stopping it. The\n"
-    "export is named as `loopdio list` shows it (device, socket or URI). In-flight requests\n"
-    "complete first; a backing that cannot do direct I/O refuses `on`, with the reason.\n"};
+    "export is named as `loopdio list` shows it (device, socket or URI; an export of a\n"
+    "served directory by its own URI, e.g. nbd://localhost:10809/vm1.img). In-flight\n"
+    "requests complete first; a backing that cannot do direct I/O refuses `on`, with the\n"
+    "reason. For an image of a directory no client has open, the setting applies from its\n"
+    "next connection on.\n"};
 
 }  // namespace
 
@@ -39,13 +42,24 @@ int run_set(const Args& args) {
   if (value != "on" && value != "off") throw UsageError("set: --direct-io=" + value + ": expected on or off");
 
   StateDir dir;
+  const std::string target = vm->at("target").as<std::string>();
+  std::string export_name;
   ExportState s = [&] {
     StateLock lock(dir);
-    return dir.find(vm->at("target").as<std::string>());
+    for (const ExportState& live : dir.live())
+      if (auto name = export_in(live, target)) {
+        export_name = *name;
+        return live;
+      }
+    return dir.find(target);
   }();
-  Json reply = control_request(s.control, "set direct-io " + value, 120s);
+  if (!s.requested.dir.empty() && export_name.empty())
+    throw UsageError("set: " + target + " serves a directory: name one of its exports, as "
+                     "loopdio list shows it (" + export_uri(s, "NAME") + ")");
+  std::string command = "set direct-io " + value + (export_name.empty() ? "" : " " + export_name);
+  Json reply = control_request(s.control, command, 120s);
   std::string what = "control socket " + s.control;
-  const std::string& name = s.display_name();
+  const std::string name = export_name.empty() ? s.display_name() : target;
   if (!member<bool>(reply, "ok", what))
     throw Error(name + ": cannot switch direct I/O " + value + ": " +
                 opt_member<std::string>(reply, "error", what).value_or("refused"));

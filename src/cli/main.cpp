@@ -30,6 +30,7 @@ const Command kCommands[] = {
     {"list", run_list, "list the exports started by loopdio, with their live state"},
     {"set", run_set, "switch direct I/O of a running export on or off"},
     {"info", run_info, "show size, block sizes, flags and description of any NBD export"},
+    {"stat", run_stat, "show what exports are doing: IOPS, MiB/s, latency (like iostat -x)"},
 };
 
 void print_help(std::FILE* to) {

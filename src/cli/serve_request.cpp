@@ -66,6 +66,9 @@ po::options_description serve_options() {
        "otherwise: anyone who reaches it could write the image).")
       ("export-name,e", po::value<std::string>()->value_name("NAME"),
        "Serve under this export name only; clients asking for another name are refused.")
+      ("default-export", po::value<std::string>()->value_name("NAME"),
+       "Serving a directory: what a client asking for no export name gets (plugin "
+       "default-export=; default: refused).")
       ("read-only,r", "Clients may not write (nbdkit -r, plugin readonly=1).")
       ("tls-psk", po::value<std::string>()->value_name("FILE"),
        "Require TLS with the pre-shared keys in FILE (psktool -u USER -p FILE).")
@@ -95,6 +98,7 @@ ServeRequest serve_request(const po::variables_map& vm) {
     s.bind = r.listen.bind;
   }
   if (vm.count("export-name")) s.export_name = vm["export-name"].as<std::string>();
+  if (vm.count("default-export")) s.opts.default_export = vm["default-export"].as<std::string>();
   if (vm.count("tls-psk")) s.tls_psk = absolute_path(vm["tls-psk"].as<std::string>());
   if (vm.count("tls-certificates"))
     s.tls_certificates = absolute_path(vm["tls-certificates"].as<std::string>());

@@ -35,7 +35,12 @@ std::vector<std::string> nbdkit_command(const ServerSpec& s, const std::string& 
   a.push_back(plugin);
 
   const Options& o = s.opts;
-  a.push_back("file=" + o.file);
+  if (!o.dir.empty()) {
+    a.push_back("dir=" + o.dir);
+    if (!o.default_export.empty()) a.push_back("default-export=" + o.default_export);
+  } else {
+    a.push_back("file=" + o.file);
+  }
   a.push_back(std::string("directio=") + to_string(o.direct_io));
   a.push_back(std::string("aio=") + to_string(o.engine));
   if (o.offset) a.push_back("offset=" + std::to_string(o.offset));

@@ -53,7 +53,8 @@ Json ExportState::to_json() const {
   put_path(j, "log", log);
   j["pid"] = pid;
   j["owner"] = owner;
-  put_path(j, "image", requested.file);
+  put_path(j, "image", requested.dir.empty() ? requested.file : requested.dir);
+  if (!requested.dir.empty()) j["is-dir"] = true;
   j["direct-io"] = to_string(requested.direct_io);
   j["aio"] = to_string(requested.engine);
   j["offset"] = requested.offset;
@@ -102,7 +103,8 @@ ExportState ExportState::from_json(const Json& j, const std::string& what) {
     s.uri = opt_path(j, "uri");
     s.control = get_path(j, "control");
     s.log = opt_path(j, "log");
-    s.requested.file = get_path(j, "image");
+    (opt_member<bool>(j, "is-dir", what).value_or(false) ? s.requested.dir : s.requested.file) =
+        get_path(j, "image");
     s.export_name = opt_path(j, "export-name");
     apply_option(s.requested, "directio", dio);
     apply_option(s.requested, "aio", aio);
@@ -212,6 +214,25 @@ StateLock::StateLock(const StateDir& dir) {
     r = ::flock(fd_.get(), LOCK_EX);
   } while (r != 0 && errno == EINTR);
   if (r != 0) throw sys_error("flock " + dir.file(".lock", ""));
+}
+
+std::string export_uri(const ExportState& s, const std::string& name) {
+  if (auto q = s.uri.find(":///"); q != std::string::npos)  // nbd+unix:///?socket=...
+    return s.uri.substr(0, q + 4) + name + s.uri.substr(q + 4);
+  return s.uri + "/" + name;
+}
+
+std::optional<std::string> export_in(const ExportState& s, const std::string& target) {
+  if (s.requested.dir.empty()) return std::nullopt;
+  std::string head = export_uri(s, ""), tail;
+  if (auto q = head.find('?'); q != std::string::npos) {
+    tail = head.substr(q);
+    head.resize(q);
+  }
+  if (target.size() <= head.size() + tail.size() || !target.starts_with(head) ||
+      !target.ends_with(tail))
+    return std::nullopt;
+  return target.substr(head.size(), target.size() - head.size() - tail.size());
 }
 
 }  // namespace loopdio::cli

@@ -44,6 +44,15 @@ struct ExportState {
   static ExportState from_json(const Json& j, const std::string& what);
 };
 
+// How a client reaches export `name` of the directory server `s` serves:
+// nbd://localhost:10809/NAME, nbd+unix:///NAME?socket=PATH.
+std::string export_uri(const ExportState& s, const std::string& name);
+// The export name that `target` (such a URI) names on server `s`, if it names one.
+std::optional<std::string> export_in(const ExportState& s, const std::string& target);
+
+// The image an export serves, or the directory of images.
+inline const std::string& image_of(const Options& o) { return o.dir.empty() ? o.file : o.dir; }
+
 class StateDir {
  public:
   // $LOOPDIO_RUN_DIR or /run/loopdio, opened if it exists. Throws loopdio::Error when it is
