@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The units under a real systemd: systemd-nspawn boots this machine's /usr on a throwaway root
 # with the units as built, a TLS export on its Unix socket and TCP, and a block device, each with
-# its documented drop-in. From inside: patterns through both, a live direct-I/O switch on the
-# control socket, and the sandbox in force (no capabilities, seccomp, a network of its own).
+# its documented drop-in, and a directory of VM images as one service (SERVE=dir). From
+# inside: patterns through each, a live direct-I/O switch on the control socket, and the
+# sandbox in force (no capabilities, seccomp, a network of its own).
 source "$(dirname "$0")/lib.sh"
 require_root
 require systemd-nspawn losetup psktool nbdkit nbdinfo
@@ -11,6 +12,8 @@ require systemd-nspawn losetup psktool nbdkit nbdinfo
 SRC=${LOOPDIO_SOURCE:-$(cd "$TESTS_DIR/../.." && pwd)}
 mnt=$(make_fs ext4 128M)  # the container's /var/lib/loopdio
 truncate -s 32M "$mnt/vm1.img"
+mkdir "$mnt/vms"
+truncate -s 16M "$mnt/vms/a.img" "$mnt/vms/b.img"
 truncate -s 32M "$T/blk.img"
 dev=$(losetup -f --show "$T/blk.img")
 at_exit "losetup -d $dev"
@@ -27,11 +30,12 @@ PLUGIN_ARGS=directio=1 aio=io_uring control=/run/loopdio/vm1/control
 NBDKIT_ARGS=--tls=require --tls-psk=/etc/loopdio/vm1.psk
 EOF
 printf 'IMAGE=%s\nPLUGIN=/opt/loopdio.so\n' "$dev" >"$T/etc/blk.conf"
+printf 'SERVE=dir\nIMAGE=/var/lib/loopdio/vms\nPLUGIN=/opt/loopdio.so\n' >"$T/etc/vms.conf"
 printf '[Socket]\nListenStream=10809\n' >"$T/units/loopdio@vm1.socket.d/tcp.conf"
 printf '[Service]\nPrivateDevices=no\nDeviceAllow=%s rw\n' "$dev" >"$T/units/loopdio@blk.service.d/blockdev.conf"
 cat >"$T/units/loopdio-check.service" <<EOF
 [Unit]
-After=loopdio@vm1.socket loopdio@blk.socket
+After=loopdio@vm1.socket loopdio@blk.socket loopdio@vms.socket
 SuccessAction=poweroff-force
 FailureAction=poweroff-force
 [Service]
@@ -86,7 +90,15 @@ h = connect("blk", tls=False)
 desc = h.get_export_description()
 assert desc.startswith(f"loopdio: {dev} (block device") and not h.is_read_only(), desc
 pattern(h, 3)
-for unit in ("loopdio@vm1.service", "loopdio@blk.service"):
+for name, seed in (("a.img", 4), ("b.img", 5)):
+    h = nbd.NBD(); h.set_full_info(True); h.set_export_name(name)
+    h.connect_unix("/run/loopdio/vms.sock")
+    assert f"/var/lib/loopdio/vms/{name} (ext4 file" in h.get_export_description(), name
+    pattern(h, seed)
+listing = subprocess.run(["nbdinfo", "--list", "--json", "nbd+unix:///?socket=/run/loopdio/vms.sock"],
+                         capture_output=True, text=True, check=True).stdout
+assert sorted(e["export-name"] for e in json.loads(listing)["exports"]) == ["a.img", "b.img"], listing
+for unit in ("loopdio@vm1.service", "loopdio@blk.service", "loopdio@vms.service"):
     pid = subprocess.run(["systemctl", "show", "-P", "MainPID", unit], capture_output=True,
                          text=True, check=True).stdout.strip()
     status = dict(l.split(":", 1) for l in open(f"/proc/{pid}/status"))
@@ -106,15 +118,17 @@ for u in "$T"/units/*; do binds+=(--bind-ro="$u:/etc/systemd/system/${u##*/}"); 
 SECONDS=0
 timeout 180 systemd-nspawn --directory=/ --volatile=yes --register=no --keep-unit --private-network \
   --machine="$machine" --console=pipe "${binds[@]}" --boot -- \
-  systemd.wants=loopdio@vm1.socket systemd.wants=loopdio@blk.socket systemd.wants=loopdio-check.service \
+  systemd.wants=loopdio@vm1.socket systemd.wants=loopdio@blk.socket systemd.wants=loopdio@vms.socket \
+  systemd.wants=loopdio-check.service \
   >"$T/console.log" 2>&1 || { tail -30 "$T/console.log"; fail "systemd-nspawn"; }
 grep -q 'all checks passed' "$T/out/result" 2>/dev/null ||
   { cat "$T/out/result" "$T/console.log"; fail "the check inside the container failed"; }
-$PYTHON - "$mnt/vm1.img" "$dev" <<'PY' || fail "the patterns written inside are not in the images"
+$PYTHON - "$mnt/vm1.img" "$dev" "$mnt/vms/a.img" "$mnt/vms/b.img" <<'PY' ||
+  fail "the patterns written inside are not in the images"
 import random, sys
-for path, seed in zip(sys.argv[1:], (2, 3)):
+for path, seed in zip(sys.argv[1:], (2, 3, 4, 5)):
     with open(path, "rb") as f:
         f.seek(1 << 20)
         assert f.read(1 << 20) == random.Random(seed).randbytes(1 << 20), path
 PY
-pass "booted with the units (${SECONDS}s): TLS on the Unix socket and TCP, a block device, $engine, control socket, no capabilities, seccomp, no network"
+pass "booted with the units (${SECONDS}s): TLS on the Unix socket and TCP, a block device, a directory of images, $engine, control socket, no capabilities, seccomp, no network"
