@@ -18,8 +18,8 @@ packages=(
   qemu-system-x86 busybox-static cpio
   # benchmark plots
   python3-matplotlib
-  # the man pages, made from docs/*.md
-  pandoc
+  # the man pages (made from docs/*.md), and the bash completion's test
+  pandoc bash-completion
 )
 
 missing=()
