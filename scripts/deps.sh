@@ -19,6 +19,8 @@ packages=(
   qemu-system-x86 busybox-static cpio
   # benchmark plots
   python3-matplotlib
+  # the man pages (made from docs/*.md), the Debian package's checks and its completion's test
+  pandoc lintian bash-completion
 )
 
 missing=()
