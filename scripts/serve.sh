@@ -2,9 +2,9 @@
 # The main job: install what is missing (scripts/deps.sh), build the plugin and the command
 # (scripts/build.sh), then serve IMAGE, or a 1 GiB demo image with ext4 inside
 # (build/demo.img, made once), with `loopdio serve` on nbd://localhost:10809 (loopback only)
-# until Ctrl-C. loopdio prints the
-# URI and the export's description (direct I/O, alignment, engine), and exits non-zero with
-# a one-line reason when the server cannot start (the port is busy, say).
+# until Ctrl-C. loopdio prints the URI and the export's description (direct I/O, alignment,
+# engine), and exits non-zero with a one-line reason when the server cannot start (the port
+# is busy, say).
 #   scripts/serve.sh [IMAGE] [loopdio serve options...]   e.g. scripts/serve.sh disk.img --aio=io_uring
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
