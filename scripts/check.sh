@@ -22,6 +22,9 @@ run_suite() {  # run_suite BUILD-DIR CTEST-ARGS... [-- CMAKE-ARGS...]
 build=${LOOPDIO_BUILD_DIR:-$top/build}
 run_suite "$build" ${LOOPDIO_CTEST_ARGS:-}
 [ "${LOOPDIO_SKIP_SANITIZERS:-}" = 1 ] && exit 0
-run_suite "$build-asan" -L "unit|data" -- -DLOOPDIO_SANITIZE=address,undefined
-run_suite "$build-tsan" -L "unit|data" -- -DLOOPDIO_SANITIZE=thread
+# The sanitized builds run the unit and data tests: they need the plugin, the unit tests and
+# the tests' own tools, not the command.
+sanitized=(--target=loopdio_plugin --target=loopdio_unit_tests --target=nosync --target=no-io-uring)
+run_suite "$build-asan" -L "unit|data" -- -DLOOPDIO_SANITIZE=address,undefined "${sanitized[@]}"
+run_suite "$build-tsan" -L "unit|data" -- -DLOOPDIO_SANITIZE=thread "${sanitized[@]}"
 echo "=== all tests passed"
