@@ -102,7 +102,8 @@ sock=$T/serve.sock
 loopdio serve -U "$sock" "$img" >"$T/serve.out" 2>&1 &
 serve_pid=$!
 at_exit "kill $serve_pid; wait $serve_pid"
-wait_until 10 test -S "$sock" || { cat "$T/serve.out"; fail "loopdio serve did not listen"; }
+# Ready once it says so: its state (what list reads) is written then, not when nbdkit binds.
+wait_until 30 grep -q '^serving ' "$T/serve.out" || { cat "$T/serve.out"; fail "loopdio serve did not start"; }
 list=$(loopdio list) || fail "loopdio list: $list"
 # The export's line, by the header's column names: NAME and BACK-FILE as served, DIO on.
 row=$(awk -v s="$sock" -v i="$img" 'NR == 1 { for (c = 1; c <= NF; c++) col[$c] = c; next }
@@ -142,7 +143,7 @@ expect_words() {  # expect_words LINE WORD...: completing LINE offers every WORD
   done
   pass "completing '$line': $(tr '\n' ' ' <<<"$got")"
 }
-expect_words "loopdio " serve attach detach list set info
+expect_words "loopdio " serve attach detach list set info stat
 expect_words "loopdio serve --" --unix --port --read-only --direct-io --aio --sector-size --help
 expect_words "loopdio serve --direct-io " on off auto
 expect_words "loopdio set --direct-io=on " "$sock"
