@@ -136,12 +136,14 @@ TEST(LibaioEngine, AThreadWithoutAnEventfdRecoversWhenDescriptorsAreBack) {
       } catch (const Error&) {
         return 11;
       }
-      std::vector<int> hogs;  // every descriptor the process may have
-      for (int f; (f = ::dup(fd.get())) >= 0;) hogs.push_back(f);
       AlignedBuffer buf(4096, 4096);
       IoOp op{IoKind::kRead, false, fd.get(), buf.data(), 4096, 0, 0};
       int first = 0, second = 0;
+      // The thread exists before the descriptors run out (its creation, under a sanitizer,
+      // may need one); it takes them all just before its first request.
       std::thread worker([&] {
+        std::vector<int> hogs;  // every descriptor the process may have
+        for (int f; (f = ::dup(fd.get())) >= 0;) hogs.push_back(f);
         engine->run({&op, 1});
         first = static_cast<int>(op.result);
         for (int f : hogs) ::close(f);
