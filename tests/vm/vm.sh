@@ -127,11 +127,13 @@ vm_prepare() {
     for kv in "$@"; do printf '%s=%q\n' "${kv%%=*}" "${kv#*=}"; done
   } >"$dir/env"
   VM_LOG=$dir/console.log
+  # no_timer_check: under TCG on a loaded host the timer may tick too late for the kernel's
+  # boot-time IO-APIC timer check, which then panics ("IO-APIC + timer doesn't work!").
   VM_CMD=(qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m "$VM_MEMORY"
     -nodefaults -no-user-config -display none -nic none -no-reboot
     -serial "file:$VM_LOG"
     -kernel "$VM_KROOT/boot/vmlinuz-$VM_KVER" -initrd "$VM_INITRD"
-    -append "console=ttyS0 panic=-1 quiet mitigations=off rdinit=/init vm_dir=$dir vm_timeout=$((VM_TIMEOUT - 20))"
+    -append "console=ttyS0 panic=-1 quiet mitigations=off no_timer_check rdinit=/init vm_dir=$dir vm_timeout=$((VM_TIMEOUT - 20))"
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap)
   for d in "${VM_DISKS[@]}"; do
     VM_CMD+=(-drive "file=${d%:*},if=none,id=d$i,format=raw,cache=none"
