@@ -8,7 +8,7 @@
 source "$(dirname "$0")/lib.sh"
 source "$TESTS_DIR/../vm/vm.sh"
 vm_setup
-require nbdkit e2fsck mkfs.xfs losetup sha256sum
+require nbdkit e2fsck mkfs.xfs losetup sha256sum filefrag fstrim
 VM_TIMEOUT=240
 
 # 48 MiB to keep and 48 MiB to delete, in files of awkward sizes; checksums taken here.
