@@ -8,7 +8,10 @@ VM_TIMEOUT=${VM_TIMEOUT:-180}  # the host kills qemu then; the guest gives up 20
 # In load order after dependencies; ext4 needs crc32c through the crypto API (a soft
 # dependency, absent from modules.dep).
 VM_MODULES=(virtio_pci virtio_blk 9pnet_virtio 9p overlay crc32c_generic ext4 loop nbd)
-VM_DISKS=()  # "PATH:LOGICAL_BLOCK_SIZE", one virtio-blk disk each: /dev/vda, /dev/vdb, ...
+# One virtio-blk disk each (/dev/vda, /dev/vdb, ...): "SOURCE:LOGICAL_BLOCK_SIZE[:OPTIONS]".
+# SOURCE is a raw image file, or nbd-unix=SOCKET: an NBD export that qemu's own NBD driver
+# reaches on a Unix socket of the host. OPTIONS (discard=unmap,...) go to the drive.
+VM_DISKS=()
 
 vm_require() {
   require_root
@@ -117,7 +120,7 @@ vm_setup() {
 # plugin, the test's nbdkit, the variables), and the qemu command line in VM_CMD; the console
 # goes to VM_LOG.
 vm_prepare() {
-  local scenario=$2 dir=$T/vm-$1 i=0 d kv
+  local scenario=$2 dir=$T/vm-$1 i=0 d kv src bs opts
   shift 2
   rm -rf "$dir"
   mkdir -p "$dir"
@@ -127,15 +130,21 @@ vm_prepare() {
     for kv in "$@"; do printf '%s=%q\n' "${kv%%=*}" "${kv#*=}"; done
   } >"$dir/env"
   VM_LOG=$dir/console.log
+  # no_timer_check: under TCG on a loaded host the timer may tick too late for the kernel's
+  # boot-time IO-APIC timer check, which then panics ("IO-APIC + timer doesn't work!").
   VM_CMD=(qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m "$VM_MEMORY"
     -nodefaults -no-user-config -display none -nic none -no-reboot
     -serial "file:$VM_LOG"
     -kernel "$VM_KROOT/boot/vmlinuz-$VM_KVER" -initrd "$VM_INITRD"
-    -append "console=ttyS0 panic=-1 quiet mitigations=off rdinit=/init vm_dir=$dir vm_timeout=$((VM_TIMEOUT - 20))"
+    -append "console=ttyS0 panic=-1 quiet mitigations=off no_timer_check rdinit=/init vm_dir=$dir vm_timeout=$((VM_TIMEOUT - 20))"
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap)
   for d in "${VM_DISKS[@]}"; do
-    VM_CMD+=(-drive "file=${d%:*},if=none,id=d$i,format=raw,cache=none"
-      -device "virtio-blk-pci,drive=d$i,logical_block_size=${d##*:},physical_block_size=${d##*:}")
+    IFS=: read -r src bs opts <<<"$d"
+    case $src in
+      nbd-unix=*) VM_CMD+=(-blockdev "driver=nbd,node-name=d$i,server.type=unix,server.path=${src#nbd-unix=}${opts:+,$opts}") ;;
+      *) VM_CMD+=(-drive "file=$src,if=none,id=d$i,format=raw,cache=none${opts:+,$opts}") ;;
+    esac
+    VM_CMD+=(-device "virtio-blk-pci,drive=d$i,logical_block_size=$bs,physical_block_size=$bs")
     i=$((i + 1))
   done
 }
