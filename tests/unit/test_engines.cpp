@@ -120,6 +120,10 @@ TEST_P(Engines, ShortReadAtEndOfFile) {
 
 INSTANTIATE_TEST_SUITE_P(All, Engines, ::testing::Values("sync", "libaio", "io_uring"));
 
+// A request with no descriptor free. UndefinedBehaviorSanitizer checks a virtual call's
+// object through a pipe, which it cannot make then: the check is left out of this call.
+__attribute__((no_sanitize("vptr"))) void run_starved(Engine& e, IoOp& op) { e.run({&op, 1}); }
+
 // Regression: a thread whose eventfd could not be created (EMFILE: the process was out of
 // descriptors at that moment) kept failing every later request with EMFILE, for good. Now
 // the eventfd is asked for again at the next request, and the real errno is reported.
@@ -144,7 +148,7 @@ TEST(LibaioEngine, AThreadWithoutAnEventfdRecoversWhenDescriptorsAreBack) {
       std::thread worker([&] {
         std::vector<int> hogs;  // every descriptor the process may have
         for (int f; (f = ::dup(fd.get())) >= 0;) hogs.push_back(f);
-        engine->run({&op, 1});
+        run_starved(*engine, op);
         first = static_cast<int>(op.result);
         for (int f : hogs) ::close(f);
         op.result = 0;
