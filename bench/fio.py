@@ -14,9 +14,10 @@ from targets import reap, spawn
 class Workload:
     name: str
     rw: str
-    bs: str
+    bs: str             # a size, or a range "4k-64k"
     iodepth: int
-    jobs: int = 1
+    jobs: int = 1       # fio jobs: each its own NBD connection
+    mix: int = 0        # randrw: the percentage of reads
 
     @property
     def unit(self):     # what the plots and the ratios compare
@@ -24,16 +25,23 @@ class Workload:
 
     @property
     def writes(self):
-        return "write" in self.rw
+        return "write" in self.rw and not self.mix
 
 
+# 4k random reads at depth 32 per connection over 1, 2, 4 and 8 connections; a VM-like mix
+# (70% reads, 30% writes, 4k to 64k, depth 16 on each of 4 connections); and 1M random reads
+# at depth 16 on each of 4 connections, where the servers' memory differs most.
 WORKLOADS = [
     Workload("randread-4k-qd1", "randread", "4k", 1),
     Workload("randread-4k-qd32", "randread", "4k", 32),
+    Workload("randread-4k-qd32-2conn", "randread", "4k", 32, 2),
+    Workload("randread-4k-qd32-4conn", "randread", "4k", 32, 4),
+    Workload("randread-4k-qd32-8conn", "randread", "4k", 32, 8),
     Workload("randwrite-4k-qd32", "randwrite", "4k", 32),
+    Workload("vm-mix-70r-4k-64k-qd16-4conn", "randrw", "4k-64k", 16, 4, mix=70),
+    Workload("randread-1m-qd16-4conn", "randread", "1m", 16, 4),
     Workload("read-1m-qd8", "read", "1m", 8),
     Workload("write-1m-qd8", "write", "1m", 8),
-    Workload("randread-4k-qd32-4conn", "randread", "4k", 32, 4),
 ]
 FULL_READ = Workload("full-read-1m-qd8", "read", "1m", 8)
 
@@ -45,13 +53,16 @@ class FioFailed(Exception):
 def fio_args(w, runtime):
     """Random workloads run for `runtime`; sequential ones make at most one pass over the
     image within it, so a caching server never re-reads its own cache (cold cache)."""
-    a = [f"--name={w.name}", "--output-format=json", f"--rw={w.rw}", f"--bs={w.bs}",
+    size = f"--bsrange={w.bs}" if "-" in w.bs else f"--bs={w.bs}"
+    a = [f"--name={w.name}", "--output-format=json", f"--rw={w.rw}", size,
          f"--iodepth={w.iodepth}", f"--numjobs={w.jobs}", "--group_reporting"]
+    if w.mix:
+        a.append(f"--rwmixread={w.mix}")
     if runtime is not None:
         a.append(f"--runtime={round(runtime * 1000)}ms")
         if w.rw.startswith("rand"):
             a += ["--time_based", "--norandommap"]
-    if w.writes:
+    if "write" in w.rw or w.mix:
         a.append("--end_fsync=1")   # the flush is inside fio's runtime, so inside MiB/s
     return a
 
@@ -68,7 +79,7 @@ def run_fio(w, runtime, target_args, cwd):
     job = json.loads(out[out.index("{"):])["jobs"][0]   # fio prints 'connected' first
     if job["error"]:
         raise FioFailed(f"fio job error {job['error']}: {err.strip()[-300:]}")
-    r = parse_job(job, "write" if w.writes else "read")
+    r = parse_mix(job) if w.mix else parse_job(job, "write" if w.writes else "read")
     r["fio_cpu_s"] = ru.ru_utime + ru.ru_stime
     r["fio_csw"] = ru.ru_nvcsw + ru.ru_nivcsw
     return r
@@ -88,6 +99,17 @@ def parse_job(job, ddir):
         "bytes": d["io_bytes"],
         "runtime_ms": d["runtime"],
     }
+
+
+def parse_mix(job):
+    """Reads and writes together: summed, the latencies weighted by the I/Os of each."""
+    r, w = parse_job(job, "read"), parse_job(job, "write")
+    n = r["ios"] + w["ios"]
+    out = {k: r[k] + w[k] for k in ("iops", "mibs", "ios", "bytes")}
+    out["mean_us"] = (r["mean_us"] * r["ios"] + w["mean_us"] * w["ios"]) / n
+    out["p99_us"] = max(r["p99_us"], w["p99_us"])
+    out["runtime_ms"] = max(r["runtime_ms"], w["runtime_ms"])
+    return out
 
 
 def drop_caches():

@@ -33,6 +33,8 @@ def medians(cells, targets):
                 out[t.name, w.name] = {"ok": False, "error": err}
                 continue
             m = {k: statistics.median(c[k] for c in good) for k in METRICS}
+            rss = [c["rss_mib"] for c in good if c.get("rss_mib") is not None]
+            m["rss_mib"] = max(rss) if rss else None  # the peak over the repeats
             key = "mibs" if w.unit == "MiB/s" else "iops"
             m.update(ok=True, n=len(good), of=len(reps), cost_of=good[0]["cost_of"],
                      min=min(c[key] for c in good), max=max(c[key] for c in good))
@@ -72,16 +74,17 @@ def row(med, targets, t, w, notes):
     m = med[t.name, w.name]
     if not m["ok"]:
         notes.append(f"{t.name} / {w.name}: {m['error']}")
-        return [w.name, t.name, f"FAILED [{len(notes)}]"] + [""] * 9
+        return [w.name, t.name, f"FAILED [{len(notes)}]"] + [""] * 10
     mark = "†" if t.family in NO_SERVER else ""
     n = "" if m["n"] == m["of"] else f" ({m['n']}/{m['of']} ok)"
+    rss = "" if m.get("rss_mib") is None else f"{m['rss_mib']:,.0f}"
     return [w.name, t.name, f"{m['iops']:,.0f}{n}", f"{m['mibs']:,.1f}", f"{m['p99_us']:,.0f}",
             f"{m['mean_us']:,.1f}", f"{m['cpu_per_gib']:.2f}{mark}", f"{m['csw_per_io']:.2f}{mark}",
-            f"{m['cache_pct']:.1f}"] + ratio_cells(med, targets, t, w)
+            rss, f"{m['cache_pct']:.1f}"] + ratio_cells(med, targets, t, w)
 
 
 HEAD = ["workload", "target", "IOPS", "MiB/s", "p99 µs", "mean µs", "CPU s/GiB", "csw/IO",
-        "cache % after", "vs best peer", "vs null", "vs raw fio"]
+        "peak RSS MiB", "cache % after", "vs best peer", "vs null", "vs raw fio"]
 
 
 def table(med, targets):
@@ -98,7 +101,8 @@ LEGEND = (
     "Medians over the repeats. p99 = fio's completion-latency 99th percentile, mean = its mean "
     "total latency (submission included). CPU s/GiB and csw/IO are the NBD server process's (user+system "
     "CPU seconds per GiB moved, voluntary+involuntary context switches per I/O, all its threads "
-    "counted, from wait4 after it stopped; one server per cell). † = no server: the fio process's "
+    "counted, from wait4 after it stopped; one server per cell). peak RSS = the server process's "
+    "maximum resident set over the repeats (wait4's ru_maxrss). † = no server: the fio process's "
     "own CPU and switches (for the loop device the kernel's loop workers are NOT counted). "
     "cache % = the image's page-cache footprint (fincore) after the run, caches dropped before. "
     "Writes end with fsync, inside the measured time. Ratio columns (loopdio engines only): "

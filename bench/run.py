@@ -114,9 +114,9 @@ def run_cell(t, w, runtime, image, a, work):
     finally:
         cost = inst.stop()
     if cell["ok"] and cost:
-        cell.update(cpu_s=cost["cpu_s"], csw=cost["csw"], cost_of="server")
+        cell.update(cpu_s=cost["cpu_s"], csw=cost["csw"], rss_mib=cost["rss_mib"], cost_of="server")
     elif cell["ok"]:
-        cell.update(cpu_s=cell["fio_cpu_s"], csw=cell["fio_csw"], cost_of="fio")
+        cell.update(cpu_s=cell["fio_cpu_s"], csw=cell["fio_csw"], rss_mib=None, cost_of="fio")
     return report.derive(cell, a.size) if cell["ok"] else cell
 
 

@@ -78,7 +78,7 @@ def reap(p, timeout=15.0):
 
 def _cmdline(target, image, size, threads, sock, pidfile, nbdkit):
     if target.kind == "qemu":
-        return ["qemu-nbd", "-f", "raw", *target.args, "-k", sock, "--shared=4",
+        return ["qemu-nbd", "-f", "raw", *target.args, "-k", sock, "--shared=16",
                 "--persistent", f"--pid-file={pidfile}", image]
     args = [a.format(img=image, size=size) for a in target.args]
     return [nbdkit, "--threads", str(threads), "-U", sock, "-P", pidfile, "-f", *args]
@@ -109,14 +109,16 @@ class Server:
         return ["--ioengine=nbd", f"--uri=nbd+unix:///?socket={self.sock}"]
 
     def stop(self):
-        """Returns {cpu_s, csw} of the whole server process, or None if it was not running."""
+        """Returns {cpu_s, csw, rss_mib} of the whole server process (rss: its peak), or None
+        if it was not running."""
         if self.proc is None:
             return None
         if self.proc.returncode is None:
             os.kill(self.proc.pid, signal.SIGTERM)  # not send_signal: its poll() would reap
         _, ru = reap(self.proc)
         self.proc = None
-        return {"cpu_s": ru.ru_utime + ru.ru_stime, "csw": ru.ru_nvcsw + ru.ru_nivcsw}
+        return {"cpu_s": ru.ru_utime + ru.ru_stime, "csw": ru.ru_nvcsw + ru.ru_nivcsw,
+                "rss_mib": ru.ru_maxrss / 1024}
 
     def log_tail(self):
         with open(self.log, errors="replace") as f:
