@@ -102,7 +102,7 @@ LEGEND = (
     "total latency (submission included). CPU s/GiB and csw/IO are the NBD server process's (user+system "
     "CPU seconds per GiB moved, voluntary+involuntary context switches per I/O, all its threads "
     "counted, from wait4 after it stopped; one server per cell). peak RSS = the server process's "
-    "maximum resident set over the repeats (wait4's ru_maxrss). † = no server: the fio process's "
+    "maximum resident set over the repeats (VmHWM, read just before it is stopped). † = no server: the fio process's "
     "own CPU and switches (for the loop device the kernel's loop workers are NOT counted). "
     "cache % = the image's page-cache footprint (fincore) after the run, caches dropped before. "
     "Writes end with fsync, inside the measured time. Ratio columns (loopdio engines only): "

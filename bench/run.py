@@ -37,6 +37,7 @@ def parse_args():
     p.add_argument("--repeats", type=int, help="repeats per cell (default 3, quick 1)")
     p.add_argument("--size", help="image size (default 4G, quick 512M)")
     p.add_argument("--only", help="comma-separated target names (for development)")
+    p.add_argument("--workloads", help="comma-separated workload names (for development)")
     a = p.parse_args()
     a.runtime = a.runtime or (0.3 if a.quick else 3)
     a.repeats = a.repeats or (1 if a.quick else 3)
@@ -197,6 +198,8 @@ def main():
     ts = tg.all_targets(plugin)
     if a.only:
         ts = [t for t in ts if t.name in a.only.split(",")]
+    if a.workloads:
+        fio.WORKLOADS[:] = [w for w in fio.WORKLOADS if w.name in a.workloads.split(",")]
     m = machine(a, plugin)
     print(header(m), flush=True)
     work = tempfile.mkdtemp(prefix="loopdio-bench-")

@@ -84,6 +84,19 @@ def _cmdline(target, image, size, threads, sock, pidfile, nbdkit):
     return [nbdkit, "--threads", str(threads), "-U", sock, "-P", pidfile, "-f", *args]
 
 
+def peak_rss_mib(pid):
+    """The process's peak resident set since it exec'd (VmHWM), or None once it has exited.
+    Not wait4's ru_maxrss: that also counts the forked Python child before the exec."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 class Server:
     """One NBD server for one cell: start() returns fio's target options, stop() the cost."""
 
@@ -109,16 +122,17 @@ class Server:
         return ["--ioengine=nbd", f"--uri=nbd+unix:///?socket={self.sock}"]
 
     def stop(self):
-        """Returns {cpu_s, csw, rss_mib} of the whole server process (rss: its peak), or None
-        if it was not running."""
+        """Returns {cpu_s, csw, rss_mib} of the whole server process (rss: its peak while it
+        ran), or None if it was not running."""
         if self.proc is None:
             return None
+        rss = peak_rss_mib(self.proc.pid)
         if self.proc.returncode is None:
             os.kill(self.proc.pid, signal.SIGTERM)  # not send_signal: its poll() would reap
         _, ru = reap(self.proc)
         self.proc = None
         return {"cpu_s": ru.ru_utime + ru.ru_stime, "csw": ru.ru_nvcsw + ru.ru_nivcsw,
-                "rss_mib": ru.ru_maxrss / 1024}
+                "rss_mib": rss}
 
     def log_tail(self):
         with open(self.log, errors="replace") as f:

@@ -69,7 +69,8 @@ int main(int argc, char* argv[]) {
       return kExitOk;
     }
     if (name == "--version" || name == "-V") {
-      std::printf("loopdio %s\n", loopdio::kVersion);
+      std::printf("loopdio %s (built against nbdkit %s)\n", loopdio::kVersion,
+                  loopdio::kNbdkitVersion);
       return kExitOk;
     }
     const Command* c = find_command(name);

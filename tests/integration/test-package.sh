@@ -22,7 +22,15 @@ status_before=$(git_status)
 # into build/.
 cpack --config "$LOOPDIO_BUILD/CPackConfig.cmake" -B "$T/pkg" >"$T/cpack.log" 2>&1 ||
   { cat "$T/cpack.log"; fail "cpack"; }
-version=$("$LOOPDIO_BUILD/loopdio" --version | awk '{ print $NF }')
+version=$("$LOOPDIO_BUILD/loopdio" --version | awk '{ print $2 }')
+# One version, from CMake's project version, in the command and the plugin, with the nbdkit
+# both were built against.
+dump=$(nbdkit "$LOOPDIO_BUILD/loopdio.so" --dump-plugin)
+grep -qx "loopdio_version=$version" <<<"$dump" || fail "--dump-plugin: not version $version: $dump"
+built=$(awk -F= '$1 == "loopdio_nbdkit_version" { print $2 }' <<<"$dump")
+"$LOOPDIO_BUILD/loopdio" --version | grep -qx "loopdio $version (built against nbdkit $built)" ||
+  fail "loopdio --version: $("$LOOPDIO_BUILD/loopdio" --version), plugin built against nbdkit $built"
+pass "loopdio --version and --dump-plugin: $version, built against nbdkit $built"
 deb=$T/pkg/loopdio_${version}_amd64.deb
 [ -f "$deb" ] || { ls "$T/pkg"; fail "no loopdio_${version}_amd64.deb (loopdio --version: $version)"; }
 [ "$(git_status)" = "$status_before" ] || fail "making the package changed the source tree"
