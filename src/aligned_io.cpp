@@ -42,15 +42,19 @@ std::span<IoOp> make_ops(IoKind kind, const IoMode& m, char* mem, Extent ext, bo
   return ops;
 }
 
-// Reads `ext` into `mem`; whatever lies past the end of the backing reads as zeroes.
-int read_into(Engine& e, const IoMode& m, char* mem, Extent ext) {
-  std::span<IoOp> ops = make_ops(IoKind::kRead, m, mem, ext, false);
+// Runs read ops; whatever lies past the end of the backing reads as zeroes.
+int run_reads(Engine& e, const IoMode& m, std::span<IoOp> ops) {
   if (int r = run_to_completion(e, ops, m.align)) return r;
   for (const IoOp& op : ops) {
     auto got = static_cast<std::size_t>(op.result);
     if (got < op.len) std::memset(op.buf + got, 0, op.len - got);
   }
   return 0;
+}
+
+// Reads `ext` into `mem`.
+int read_into(Engine& e, const IoMode& m, char* mem, Extent ext) {
+  return run_reads(e, m, make_ops(IoKind::kRead, m, mem, ext, false));
 }
 
 // Writes `ext` from `mem`. A write that stays short without an error is an I/O error.
@@ -66,9 +70,16 @@ int write_from(Engine& e, const IoMode& m, char* mem, Extent ext, bool dsync) {
 
 ReadPlan plan_read(const IoMode& m, const void* buf, std::size_t len, std::uint64_t foff) {
   const std::uint64_t a = m.align, end = foff + len;
-  if (!m.direct || (is_aligned(foff, a) && is_aligned(end, a) && is_aligned_ptr(buf, m.mem_align)))
-    return {false, {foff, end}};
-  return {true, {round_down(foff, a), round_up(end, a)}};
+  const bool range_aligned = is_aligned(foff, a) && is_aligned(end, a);
+  if (!m.direct || (range_aligned && is_aligned_ptr(buf, m.mem_align))) return {false, {foff, end}};
+  ReadPlan p{true, {round_down(foff, a), round_up(end, a)}};
+  const auto addr = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(buf));
+  const std::uint64_t shift = round_up(addr, std::uint64_t{m.mem_align}) - addr;
+  if (range_aligned && len >= kInPlaceMin && shift <= a && len > a) {
+    p.in_place = true;
+    p.shift = static_cast<std::size_t>(shift);
+  }
+  return p;
 }
 
 WritePlan plan_write(const IoMode& m, const void* buf, std::size_t len, std::uint64_t foff) {
@@ -119,6 +130,7 @@ int AlignedIo::read(Engine& e, const IoMode& m, void* buf, std::size_t len,
     const ReadPlan p = plan_read(m, buf, len, foff);
     auto* out = static_cast<char*>(buf);
     if (!p.bounce) return read_into(e, m, out, p.io);
+    if (p.in_place) return read_in_place(e, m, out, len, foff, p.shift, client);
     if (stats_) stats_->bounced(len);
     const std::size_t window = bounce_.window();
     for (std::uint64_t w = p.io.start; w < p.io.end; w += window) {
@@ -133,6 +145,26 @@ int AlignedIo::read(Engine& e, const IoMode& m, void* buf, std::size_t len,
   } catch (const std::bad_alloc&) {
     return -ENOMEM;
   }
+}
+
+int AlignedIo::read_in_place(Engine& e, const IoMode& m, char* out, std::size_t len,
+                             std::uint64_t foff, std::size_t shift, BouncePool::Client* client) {
+  const std::size_t a = m.align, body = len - a;
+  BouncePool::Lease tail = bounce_.acquire(client, a);
+  std::vector<IoOp>& ops = thread_ops();
+  make_ops(IoKind::kRead, m, out + shift, {foff, foff + body}, false);
+  IoOp last;
+  last.kind = IoKind::kRead;
+  last.fd = m.fd;
+  last.buf = tail.data();
+  last.len = a;
+  last.off = foff + body;
+  ops.push_back(last);  // with the others: one batch, so the extra transfer costs no wait
+  if (int r = run_reads(e, m, ops)) return r;
+  std::memmove(out, out + shift, body);
+  std::memcpy(out + body, tail.data(), a);
+  if (stats_) stats_->bounced(a);
+  return 0;
 }
 
 int AlignedIo::write(Engine& e, const IoMode& m, const void* buf, std::size_t len,

@@ -47,9 +47,19 @@ struct Extent {
   bool operator==(const Extent&) const = default;
 };
 
+// Reads at least this long whose range is aligned but whose buffer is not are read into the
+// client's own buffer (see ReadPlan::in_place) rather than through a bounce buffer as large.
+constexpr std::size_t kInPlaceMin = std::size_t{128} << 10;
+
 struct ReadPlan {
   bool bounce = false;  // read `io` into a bounce buffer, then copy the requested bytes out
   Extent io;            // the file range the kernel reads
+  // Instead of a bounce buffer as large as the request: all but the last block is read into
+  // the client's buffer at `shift` bytes in (the first aligned address) and moved down by
+  // `shift`, and the last block through a bounce buffer of one block. One small transfer
+  // more, no memory more: nbdkit's request buffers are only 16-byte aligned.
+  bool in_place = false;
+  std::size_t shift = 0;
 };
 
 struct WritePlan {
@@ -94,6 +104,8 @@ class AlignedIo {
   void use_fdatasync_for_fua() { dsync_ok_.store(false); }
 
  private:
+  int read_in_place(Engine& e, const IoMode& m, char* out, std::size_t len, std::uint64_t foff,
+                    std::size_t shift, BouncePool::Client* client);
   int write_locked(Engine& e, const IoMode& m, const WritePlan& p, const char* buf,
                    std::size_t len, std::uint64_t foff, bool fua, BouncePool::Client* client);
   int write_bounced(Engine& e, const IoMode& m, const WritePlan& p, const char* buf,

@@ -236,3 +236,26 @@ TEST(AlignedIo, BufferedModePassesRequestsThrough) {
   EXPECT_EQ(calls[0].off, 1001u);
   EXPECT_EQ(calls[0].len, 3u);
 }
+
+// A large read into a buffer that is not aligned (nbdkit's are 16-byte aligned) is read into
+// that buffer itself and moved down, with one block through a bounce buffer: every byte
+// right, the fake engine (which refuses what O_DIRECT refuses) never sees a misaligned
+// transfer, and the bounce pool never lends more than one small buffer.
+TEST(AlignedIo, LargeReadsIntoUnalignedBuffersAreReadInPlace) {
+  for (std::uint32_t a : {512u, 4096u}) {
+    const std::size_t size = 8 << 20;
+    Fixture f(a, size);
+    f.engine.set_data(pattern(size, 7));
+    AlignedBuffer mem(4096, (4 << 20) + 8192);
+    for (std::size_t skew : {16u, 8u, 500u % a, 4000u % a}) {
+      for (std::size_t len : {kInPlaceMin, std::size_t{1} << 20, (std::size_t{3} << 20) + a}) {
+        const std::uint64_t off = 5ull * a;
+        char* buf = mem.data() + skew;
+        std::memset(buf, 0x55, len);
+        ASSERT_EQ(f.io->read(f.engine, f.mode, buf, len, off), 0) << a << " " << skew << " " << len;
+        ASSERT_EQ(std::memcmp(buf, f.engine.data().data() + off, len), 0) << a << " " << skew << " " << len;
+      }
+    }
+    EXPECT_LE(f.io->bounce_pool().stats().peak, BouncePool::kMinBuffer) << "a large bounce buffer";
+  }
+}

@@ -107,3 +107,19 @@ TEST(Planner, ZeroLengthRequests) {
   EXPECT_TRUE(w.io.empty());
   EXPECT_FALSE(w.exclusive);
 }
+
+TEST(Planner, LargeAlignedReadsIntoAnUnalignedBufferAreReadInPlace) {
+  for (std::uint32_t a : {512u, 4096u}) {
+    // nbdkit's buffers: 16 bytes past an aligned address.
+    ReadPlan p = plan_read(direct_mode(a, 512), g_buf + 16, kInPlaceMin, 4ull * a);
+    EXPECT_TRUE(p.bounce && p.in_place) << a;
+    EXPECT_EQ(p.shift, 512u - 16) << "to the next 512-byte boundary";
+    // Small reads, unaligned ranges and shifts beyond a block take the bounce buffer.
+    EXPECT_FALSE(plan_read(direct_mode(a, 512), g_buf + 16, 65536, 4ull * a).in_place);
+    EXPECT_FALSE(plan_read(direct_mode(a, 512), g_buf + 16, kInPlaceMin, 4ull * a + 1).in_place);
+    EXPECT_FALSE(plan_read(direct_mode(a, 512), g_buf + 16, kInPlaceMin + 1, 4ull * a).in_place);
+    EXPECT_FALSE(plan_read(direct_mode(a, a), g_buf, kInPlaceMin, 4ull * a).bounce);
+  }
+  EXPECT_FALSE(plan_read(direct_mode(512, 4096), g_buf + 16, kInPlaceMin, 4096).in_place)
+      << "a shift larger than a block would not fit the client's buffer";
+}
