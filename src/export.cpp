@@ -73,7 +73,10 @@ void Export::note_readonly_client() {
 std::string Export::engines_in_use() const {
   std::string in_use;
   for (int i = 0; i < 3; ++i)
-    if (by_engine_[i].load()) in_use += (in_use.empty() ? "" : "+") + std::string(kEngineNames[i]);
+    if (by_engine_[i].load()) {
+      if (!in_use.empty()) in_use += '+';
+      in_use += kEngineNames[i];
+    }
   return in_use.empty() ? to_string(options().engine) : in_use;
 }
 
