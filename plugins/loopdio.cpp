@@ -17,14 +17,17 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 
+#include "loopdio/connection_slots.h"
 #include "loopdio/control_server.h"
 #include "loopdio/error.h"
 #include "loopdio/export.h"
 #include "loopdio/extents.h"
 #include "loopdio/log.h"
 #include "loopdio/options.h"
+#include "loopdio/process_limits.h"
 #include "loopdio/service.h"
 #include "loopdio/version.h"
 
@@ -36,13 +39,26 @@ using namespace loopdio;
 using Clock = std::chrono::steady_clock;
 
 Options g_opts;
+// Only atomics: a connection's thread may end after the plugin is cleaned up.
+ConnectionSlots g_slots;
 std::unique_ptr<Service> g_service;  // set in get_ready, before any connection
 std::unique_ptr<ControlServer> g_control;
 
+// A connection's hold on its slot, from .preconnect until its thread (nbdkit runs each
+// connection's handshake and its end on one thread) ends: the only sign of the end of a
+// connection that never opened an export, or stopped mid-handshake.
+struct SlotHold {
+  bool held = false;
+  ~SlotHold() {
+    if (held) g_slots.depart();
+  }
+};
+thread_local SlotHold t_slot;
+
 struct Connection {
   std::shared_ptr<Export> exp;
-  std::shared_ptr<Engine> engine;  // the export's, shared with its other connections
-  BouncePool::Client bounce;       // this connection's share of the bounce memory
+  std::shared_ptr<Engine> engine;           // the export's, shared with its other connections
+  std::optional<BouncePool::Client> bounce;  // this connection's share of the export's share
 };
 
 // Runs a callback body; no exception may cross into nbdkit.
@@ -113,7 +129,7 @@ int loopdio_config_complete() {
 
 int loopdio_get_ready() {
   return guarded("get_ready", [] {
-    g_service = std::make_unique<Service>(g_opts);
+    g_service = std::make_unique<Service>(g_opts, g_slots);
     if (!g_opts.control.empty())
       g_control = std::make_unique<ControlServer>(
           g_opts.control, [](std::string_view line) { return g_service->control(line); });
@@ -121,12 +137,43 @@ int loopdio_get_ready() {
   }, -1);
 }
 
+// The memory and descriptor limits, applied now that nbdkit has forked into the background
+// and started --run's command (which must not inherit them). The descriptors bound the
+// connections: past them nbdkit could not accept, and would spin on accept's EMFILE.
+void apply_limits() {
+  ProcessLimits pl = apply_process_limits(g_opts);
+  for (const std::string& n : pl.notes) notice(n);
+  const unsigned want = g_opts.max_connections + g_opts.max_handshakes;
+  if (pl.fd_connections < want) {
+    unsigned open = std::max(1u, pl.fd_connections * g_opts.max_connections / want);
+    unsigned hs = std::max(1u, pl.fd_connections - std::min(pl.fd_connections, open));
+    g_slots.set_limits(open, hs);
+    notice("serving at most " + std::to_string(open) + " connections and " + std::to_string(hs) +
+           " handshakes at once");
+  }
+  g_service->set_limits(pl);
+}
+
 // Threads may start only now: nbdkit has forked (or will not).
 int loopdio_after_fork() {
   return guarded("after_fork", [] {
+    apply_limits();
     if (g_control) g_control->start();
     return 0;
   }, -1);
+}
+
+// Every connection takes a handshake slot first: half-open connections are bounded too.
+// Refused here, the client sees its connection closed (nothing can be said before the
+// handshake).
+int loopdio_preconnect(int) {
+  if (!g_slots.arrive()) {
+    nbdkit_error("too many connections in the handshake: max-handshakes=%u; refused",
+                 g_slots.max_handshakes());
+    return -1;
+  }
+  t_slot.held = true;
+  return 0;
 }
 
 void loopdio_cleanup() { g_control.reset(); }
@@ -134,15 +181,8 @@ void loopdio_cleanup() { g_control.reset(); }
 int loopdio_list_exports(int, int, struct nbdkit_exports* exports) {
   return guarded("list_exports", [&] {
     if (!g_service->serves_dir()) return nbdkit_use_default_export(exports);
-    for (const std::string& name : g_service->export_names()) {
-      std::string d;
-      try {
-        d = g_service->describe(name);
-      } catch (const Error& e) {
-        d = std::string("loopdio: unavailable: ") + e.what();
-      }
-      if (nbdkit_add_export(exports, name.c_str(), d.c_str()) == -1) return -1;
-    }
+    for (const ExportDir::Entry& e : g_service->exports())
+      if (nbdkit_add_export(exports, e.name.c_str(), e.description.c_str()) == -1) return -1;
     return 0;
   }, -1);
 }
@@ -157,11 +197,12 @@ void* loopdio_open(int readonly) {
     auto c = std::make_unique<Connection>();
     c->exp = g_service->connect(name ? name : "");
     try {
-      c->engine = c->exp->attach();
+      c->engine = c->exp->attach(connections_per_export(g_opts));
     } catch (...) {
       g_service->disconnect();
       throw;
     }
+    c->bounce.emplace(&c->exp->bounce_group());
     if (readonly) c->exp->note_readonly_client();
     return static_cast<void*>(c.release());
   }, static_cast<void*>(nullptr));
@@ -169,6 +210,7 @@ void* loopdio_open(int readonly) {
 
 void loopdio_close(void* handle) {
   auto* c = static_cast<Connection*>(handle);
+  c->bounce.reset();
   c->exp->release(*c->engine);
   delete c;
   g_service->disconnect();
@@ -237,16 +279,32 @@ int serve(void* h, Cmd cmd, const char* what, uint32_t count, uint64_t offset, F
   return -1;
 }
 
+// A read or write beyond the advertised maximum: no client that honours the block sizes
+// sends one (the kernel's nbd driver stops at 32 MiB), and nbdkit has already grown this
+// worker's buffer to it, which it keeps while the connection lives. The connection is
+// ended, so that its threads and their buffers go; the request fails.
+bool oversized(void* h, const char* what, uint32_t count) {
+  const uint32_t max = conn(h).exp->backing().max_block();
+  if (count <= max) return false;
+  nbdkit_error("%s of %" PRIu32 " bytes, beyond the advertised maximum of %" PRIu32 ": "
+               "the client is disconnected", what, count, max);
+  nbdkit_disconnect(1);
+  nbdkit_set_error(EINVAL);
+  return true;
+}
+
 int loopdio_pread(void* h, void* buf, uint32_t count, uint64_t offset, uint32_t) {
+  if (oversized(h, "read", count)) return -1;
   return serve(h, Cmd::kRead, "read", count, offset, [&](Connection& c) {
-    return c.exp->io().read(*c.engine, c.exp->backing().mode(), buf, count, offset, &c.bounce);
+    return c.exp->io().read(*c.engine, c.exp->backing().mode(), buf, count, offset, &*c.bounce);
   });
 }
 
 int loopdio_pwrite(void* h, const void* buf, uint32_t count, uint64_t offset, uint32_t flags) {
+  if (oversized(h, "write", count)) return -1;
   return serve(h, Cmd::kWrite, "write", count, offset, [&](Connection& c) {
     return c.exp->io().write(*c.engine, c.exp->backing().mode(), buf, count, offset,
-                             flags & NBDKIT_FLAG_FUA, &c.bounce);
+                             flags & NBDKIT_FLAG_FUA, &*c.bounce);
   });
 }
 
@@ -269,7 +327,7 @@ int loopdio_zero(void* h, uint32_t count, uint64_t offset, uint32_t flags) {
     f.may_trim = flags & NBDKIT_FLAG_MAY_TRIM;
     f.fua = flags & NBDKIT_FLAG_FUA;
     f.fast = flags & NBDKIT_FLAG_FAST_ZERO;
-    return c.exp->space().zero(*c.engine, c.exp->backing().mode(), count, offset, f, &c.bounce);
+    return c.exp->space().zero(*c.engine, c.exp->backing().mode(), count, offset, f, &*c.bounce);
   });
 }
 
@@ -312,7 +370,16 @@ const char kHelp[] =
     "                     (a multiple of the direct-I/O alignment).\n"
     "control=PATH         A root-only Unix socket for status, statistics and switches.\n"
     "readonly=1           Open the image read-only (use with nbdkit -r).\n"
-    "max-connections=N    Refuse clients beyond N connections at once (default 64).\n"
+    "max-connections=N    Connections serving exports at once (default 64).\n"
+    "max-connections-per-export=N\n"
+    "                     Of them, to one export (default: all with file=, half with dir=).\n"
+    "max-handshakes=N     Connections still negotiating or listing (default 16); use\n"
+    "                     nbdkit --timeout so that stalled ones are dropped.\n"
+    "aio-events=N         Kernel AIO events the server may hold (default 4096 of the\n"
+    "                     host's fs.aio-max-nr); each open export takes 64.\n"
+    "devices=1            dir=: block device nodes in DIR are exports too.\n"
+    "memory-max=SIZE      The process's private memory, nbdkit's request buffers included\n"
+    "                     (default 2G; none for no limit): past it requests fail with ENOMEM.\n"
     "bounce-total=SIZE    Bounce memory of the whole server (default 64M).\n"
     "bounce-per-connection=SIZE\n"
     "                     Bounce memory of one connection (default 16M).";
@@ -330,6 +397,7 @@ struct nbdkit_plugin make_plugin() {
   p.magic_config_key = "file";
   p.get_ready = loopdio_get_ready;
   p.after_fork = loopdio_after_fork;
+  p.preconnect = loopdio_preconnect;
   p.cleanup = loopdio_cleanup;
   p.unload = loopdio_cleanup;
   p.list_exports = loopdio_list_exports;

@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 
@@ -11,6 +12,7 @@
 
 #include "loopdio/align.h"
 #include "loopdio/error.h"
+#include "loopdio/safe_text.h"
 
 namespace loopdio {
 namespace {
@@ -60,13 +62,27 @@ void Backing::finish_open(const ProbeHooks& hooks) {
   probe_ = loopdio::probe(opts_.file, fd_.get(), hooks);
   apply_geometry();
   decide_direct();
+  lock_writer();
+}
+
+// One writer per image: two servers (or two exports of one file) would each lock only their
+// own ranges, and lose each other's partial-block updates. Taken last, so that a bad
+// parameter is reported as such first.
+void Backing::lock_writer() {
+  if (!writable_ || ::flock(fd_.get(), LOCK_EX | LOCK_NB) == 0) return;
+  const std::string path = safe_encode(opts_.file);
+  if (errno != EWOULDBLOCK) throw sys_error("file=" + path + ": flock");
+  throw Error("file=" + path + ": served by another process already (it holds a lock on the " +
+                  "file): two writers would lose each other's partial-block updates; serve " +
+                  "it once, or read-only (readonly=1)",
+              EBUSY);
 }
 
 // Opens `name` relative to `dirfd` (AT_FDCWD: a path). Inside a directory of exports a
 // symbolic link is never followed. O_NONBLOCK keeps a FIFO swapped in after the check from
 // blocking the open; the type is checked again on what was opened.
 void Backing::open_fd(int dirfd, const std::string& name) {
-  const std::string& path = opts_.file;
+  const std::string path = safe_encode(opts_.file);  // for messages
   const int nofollow = dirfd == AT_FDCWD ? 0 : O_NOFOLLOW;
   struct stat st {};
   if (::fstatat(dirfd, name.c_str(), &st, nofollow ? AT_SYMLINK_NOFOLLOW : 0) != 0)
@@ -202,7 +218,7 @@ std::uint32_t Backing::preferred_block() const {
 }
 
 std::string Backing::describe(const char* engine) const {
-  std::string s = "loopdio: " + opts_.file + " (" +
+  std::string s = "loopdio: " + safe_encode(opts_.file) + " (" +
                   (probe_.is_block_device ? "block device" : probe_.fs_type + " file") + ", " +
                   human_size(geo_.size);
   if (geo_.base) s += " at offset " + std::to_string(geo_.base);

@@ -28,9 +28,10 @@ std::shared_ptr<Engine> EngineShare::make() {
   }
   for (unsigned depth : {kAioDepth, kAioDepthLow}) {
     try {
-      auto e = make_libaio_engine(depth);
-      aio_refusal_told_ = false;
-      return e;
+      if (auto e = make_libaio(depth)) {
+        aio_refusal_told_ = false;
+        return e;
+      }
     } catch (const Error& e) {
       if (depth == kAioDepthLow && !std::exchange(aio_refusal_told_, true))
         notice(std::string(e.what()) +
@@ -38,7 +39,29 @@ std::shared_ptr<Engine> EngineShare::make() {
                "can be had");
     }
   }
+  if (!std::exchange(aio_refusal_told_, true))
+    notice("the server's AIO budget (aio-events=" + std::to_string(budget_.total()) + ", " +
+           std::to_string(budget_.used()) + " in use) is spent: connections use the sync " +
+           "engine until exports close");
   return make_sync_engine();
+}
+
+// A context of `depth` slots charged to the budget until it is freed; null when the budget
+// has no room for it.
+std::shared_ptr<Engine> EngineShare::make_libaio(unsigned depth) {
+  if (!budget_.take(depth)) return nullptr;
+  std::unique_ptr<Engine> e;
+  try {
+    e = make_libaio_engine(depth);
+  } catch (...) {
+    budget_.give(depth);
+    throw;
+  }
+  AioBudget* budget = &budget_;
+  return std::shared_ptr<Engine>(e.release(), [budget, depth](Engine* p) {
+    delete p;
+    budget->give(depth);
+  });
 }
 
 }  // namespace loopdio

@@ -3,6 +3,7 @@
 
 #include <cstring>
 
+#include "loopdio/error.h"
 #include "loopdio/log.h"
 
 namespace loopdio {
@@ -21,11 +22,12 @@ SpaceSupport space_support(const ProbeResult& p) {
 
 }  // namespace
 
-std::unique_ptr<Export> Export::open(const Options& o, BouncePool& pool,
+std::unique_ptr<Export> Export::open(const Options& o, BouncePool& pool, AioBudget& aio,
                                      std::shared_ptr<Stats> stats, const std::string& name,
                                      int dirfd) {
   std::unique_ptr<Export> x(new Export);
   x->name_ = name;
+  x->bounce_group_ = std::make_unique<BouncePool::Group>(pool);
   x->stats_ = std::move(stats);
   x->backing_ = dirfd >= 0 ? Backing::open_in(dirfd, name, o) : Backing::open(o);
   Backing& b = *x->backing_;
@@ -41,7 +43,7 @@ std::unique_ptr<Export> Export::open(const Options& o, BouncePool& pool,
   }
   x->space_ = std::make_unique<SpaceOps>(*x->io_, x->locks_, space_support(b.probe()));
   x->space_->set_stats(x->stats_.get());
-  x->engines_ = std::make_unique<EngineShare>(o.engine, b.fd());
+  x->engines_ = std::make_unique<EngineShare>(o.engine, b.fd(), aio);
   return x;
 }
 
@@ -51,11 +53,24 @@ int Export::engine_index(const Engine& e) {
   return 2;
 }
 
-std::shared_ptr<Engine> Export::attach() {
-  std::shared_ptr<Engine> e = engines_->acquire();
+std::shared_ptr<Engine> Export::attach(unsigned limit) {
+  unsigned n = connections_.load();
+  do {
+    if (n >= limit)
+      throw Error("too many connections to " + (name_.empty() ? options().file : name_) + ": " +
+                      "max-connections-per-export=" + std::to_string(limit) +
+                      " are open; try again later",
+                  EBUSY);
+  } while (!connections_.compare_exchange_weak(n, n + 1));
+  std::shared_ptr<Engine> e;
+  try {
+    e = engines_->acquire();
+  } catch (...) {
+    --connections_;
+    throw;
+  }
   if (std::strcmp(e->name(), to_string(options().engine)) != 0) stats_->fallback();
   ++by_engine_[engine_index(*e)];
-  ++connections_;
   return e;
 }
 

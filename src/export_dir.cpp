@@ -5,55 +5,130 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 
 #include <algorithm>
 
 #include "loopdio/control.h"
 #include "loopdio/error.h"
-#include "loopdio/json.h"
+#include "loopdio/log.h"
+#include "loopdio/probe.h"
+#include "loopdio/safe_text.h"
 
 namespace loopdio {
+namespace {
 
-ExportDir::ExportDir(std::string path, Options defaults, BouncePool& pool)
-    : path_(std::move(path)), defaults_(std::move(defaults)), pool_(pool) {
+// The description of a file no connection has opened yet: what statfs and statx say of it,
+// without opening it (a device node is never opened by a listing; a file on a hung disk
+// delays only this listing).
+std::string unopened_description(int dirfd, const std::string& name, const std::string& path,
+                                 const struct stat& st) {
+  std::string kind = "block device";
+  if (!S_ISBLK(st.st_mode)) {
+    struct statfs sfs {};
+    kind = (::statfs(path.c_str(), &sfs) == 0 ? fs_type_name(sfs.f_type) : "?") + " file";
+  }
+  std::string s = "loopdio: " + safe_encode(path) + " (" + kind + ", " +
+                  human_size(static_cast<std::uint64_t>(st.st_size)) + "): ";
+  struct statx sx {};
+  if (::statx(dirfd, name.c_str(), AT_SYMLINK_NOFOLLOW, STATX_DIOALIGN, &sx) == 0 &&
+      (sx.stx_mask & STATX_DIOALIGN) && sx.stx_dio_offset_align)
+    s += "direct I/O possible, alignment " + std::to_string(sx.stx_dio_offset_align) + " (statx)";
+  else
+    s += "direct I/O to be probed";
+  return s + "; not open yet";
+}
+
+}  // namespace
+
+ExportDir::ExportDir(std::string path, Options defaults, BouncePool& pool, AioBudget& aio)
+    : path_(std::move(path)), defaults_(std::move(defaults)), pool_(pool), aio_(aio) {
   dirfd_.reset(::open(path_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!dirfd_) throw sys_error("dir=" + path_);
+  if (!dirfd_) throw sys_error("dir=" + safe_encode(path_));
 }
 
 void ExportDir::check_name(std::string_view name) {
-  std::string shown(name);
   if (name.empty()) throw Error("no export name given: this server serves a directory of exports");
+  if (!is_utf8(name)) throw Error("export name is not valid UTF-8");
+  const std::string shown = safe_encode(name);
+  if (has_control(name))
+    throw Error("export \"" + shown + "\": a name may not hold control characters");
   if (name[0] == '.') throw Error("export \"" + shown + "\": names starting with '.' are not served");
   if (name.find('/') != std::string_view::npos)
     throw Error("export \"" + shown + "\": a name may not hold '/'");
   if (name.size() > NAME_MAX) throw Error("export name too long");
-  if (!is_utf8(name)) throw Error("export name is not valid UTF-8");
 }
 
-std::vector<std::string> ExportDir::list() const {
-  std::vector<std::string> names;
-  int fd = ::dup(dirfd_.get());  // fdopendir takes the fd; rewind from the start each time
-  if (fd < 0) throw sys_error("dir=" + path_);
-  DIR* d = ::fdopendir(fd);
-  if (!d) {
-    ::close(fd);
-    throw sys_error("dir=" + path_);
-  }
-  ::rewinddir(d);
+struct stat ExportDir::stat_name(const std::string& name) const {
+  check_name(name);
+  const std::string path = safe_encode(path_ + "/" + name);
+  struct stat st {};
+  if (::fstatat(dirfd_.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
+    throw sys_error("export \"" + safe_encode(name) + "\": " + path);
+  if (S_ISBLK(st.st_mode) && !defaults_.devices)
+    throw Error("export \"" + safe_encode(name) + "\": " + path + " is a block device: a " +
+                "directory's devices are served only with devices=1");
+  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+    throw Error("export \"" + safe_encode(name) + "\": " + path + " is not a regular file" +
+                (S_ISLNK(st.st_mode) ? " (a symbolic link: never followed)" : ""));
+  return st;
+}
+
+std::vector<ExportDir::Entry> ExportDir::list() {
+  // A descriptor of its own each time: listings may run at once, and a shared one would
+  // share its offset.
+  UniqueFd fd(::openat(dirfd_.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd) throw sys_error("dir=" + safe_encode(path_));
+  DIR* d = ::fdopendir(fd.get());
+  if (!d) throw sys_error("dir=" + safe_encode(path_));
+  fd.release();
+  std::vector<std::pair<std::string, struct stat>> found;
+  std::vector<std::string> refused;
   while (struct dirent* e = ::readdir(d)) {
     std::string name = e->d_name;
+    if (name == "." || name == "..") continue;
+    struct stat st {};
     try {
-      check_name(name);
-    } catch (const Error&) {
+      st = stat_name(name);
+    } catch (const Error& err) {
+      if (name[0] != '.') refused.push_back(err.what());
       continue;
     }
-    struct stat st {};
-    if (::fstatat(dirfd_.get(), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
-    if (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)) names.push_back(std::move(name));
+    found.emplace_back(std::move(name), st);
   }
   ::closedir(d);
-  std::sort(names.begin(), names.end());
-  return names;
+  std::sort(found.begin(), found.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::vector<Entry> out;
+  std::lock_guard lock(mu_);
+  for (const std::string& why : refused)
+    if (told_.insert(why).second) notice("not served: " + why);
+  std::map<FileId, std::string> kept;
+  for (auto& [name, st] : found) {
+    FileId id{st.st_dev, st.st_ino};
+    Entry e;
+    e.name = name;
+    auto x = open_.find(id);
+    std::shared_ptr<Export> live = x == open_.end() ? nullptr : x->second.lock();
+    if (live) {
+      e.open = true;
+      e.description = live->describe();
+    } else if (auto d = descriptions_.find(id); d != descriptions_.end()) {
+      e.description = d->second;
+    } else {
+      e.description = unopened_description(dirfd_.get(), name, path_ + "/" + name, st);
+    }
+    if (auto d = descriptions_.find(id); d != descriptions_.end()) kept.insert(*d);
+    out.push_back(std::move(e));
+  }
+  descriptions_ = std::move(kept);  // only files still in the directory
+  return out;
+}
+
+std::vector<std::string> ExportDir::names() {
+  std::vector<std::string> v;
+  for (Entry& e : list()) v.push_back(std::move(e.name));
+  return v;
 }
 
 Options ExportDir::options_for(const std::string& name) {
@@ -64,50 +139,104 @@ Options ExportDir::options_for(const std::string& name) {
 }
 
 std::shared_ptr<Export> ExportDir::acquire(const std::string& name) {
-  check_name(name);
-  std::lock_guard lock(mu_);
-  if (auto it = open_.find(name); it != open_.end())
-    if (auto x = it->second.lock()) return x;
-  // Nothing is kept for a name that does not open: clients cannot grow these maps.
-  auto it = stats_.find(name);
-  std::shared_ptr<Stats> stats = it != stats_.end() ? it->second : std::make_shared<Stats>();
-  std::shared_ptr<Export> x = Export::open(options_for(name), pool_, stats, name, dirfd_.get());
-  stats_[name] = stats;
-  open_[name] = x;
+  const struct stat st = stat_name(name);  // what the name leads to now
+  const FileId id{st.st_dev, st.st_ino};
+  std::unique_lock lock(mu_);
+  for (;;) {
+    if (auto it = open_.find(id); it != open_.end())
+      if (auto x = it->second.lock()) return x;
+    if (!opening_.count(id)) break;
+    opened_.wait(lock);  // someone opens this very file now: its export will be ours
+  }
+  opening_[id] = name;
+  lock.unlock();
+  std::shared_ptr<Export> x;
+  try {
+    x = open_new(name, id);
+  } catch (...) {
+    lock.lock();
+    opening_.erase(id);
+    opened_.notify_all();
+    throw;
+  }
+  lock.lock();
+  opening_.erase(id);
+  open_[id] = x;
+  descriptions_[id] = x->describe();
+  std::erase_if(open_, [](const auto& kv) { return kv.second.expired(); });
+  opened_.notify_all();
   return x;
 }
 
-std::shared_ptr<Export> ExportDir::find_open(const std::string& name) {
-  std::lock_guard lock(mu_);
-  auto it = open_.find(name);
-  return it == open_.end() ? nullptr : it->second.lock();
-}
-
-std::string ExportDir::describe(const std::string& name) {
-  if (auto x = find_open(name)) return x->describe();
+// Opens the export outside the lock. Nothing is kept for a name that does not open:
+// clients cannot grow the maps.
+std::shared_ptr<Export> ExportDir::open_new(const std::string& name, FileId id) {
   Options o;
+  std::shared_ptr<Stats> stats;
   {
     std::lock_guard lock(mu_);
     o = options_for(name);
+    auto it = stats_.find(name);
+    stats = it != stats_.end() ? it->second : std::make_shared<Stats>();
   }
-  return Backing::open_in(dirfd_.get(), name, o)->describe(to_string(o.engine));
+  std::shared_ptr<Export> x = Export::open(o, pool_, aio_, stats, name, dirfd_.get());
+  struct stat st {};
+  if (::fstat(x->backing().fd(), &st) != 0 || FileId{st.st_dev, st.st_ino} != id)
+    throw Error("export \"" + safe_encode(name) + "\": replaced while it was being opened; " +
+                "try again", EAGAIN);
+  std::lock_guard lock(mu_);
+  stats_.emplace(name, stats);
+  return x;
+}
+
+std::vector<std::shared_ptr<Export>> ExportDir::open_exports() {
+  std::vector<std::shared_ptr<Export>> v;
+  std::lock_guard lock(mu_);
+  for (auto& [id, w] : open_)
+    if (auto x = w.lock()) v.push_back(std::move(x));
+  return v;
+}
+
+bool ExportDir::stale(const Export& x) const {
+  struct stat now {}, served {};
+  return ::fstatat(dirfd_.get(), x.name().c_str(), &now, AT_SYMLINK_NOFOLLOW) != 0 ||
+         ::fstat(x.backing().fd(), &served) != 0 || now.st_dev != served.st_dev ||
+         now.st_ino != served.st_ino;
 }
 
 void ExportDir::set_direct_io(const std::string& name, bool on) {
-  check_name(name);
-  if (auto x = find_open(name)) {
-    switch_direct_io(x->backing(), x->gate(), on);
-  } else {
-    Options o;
-    {
-      std::lock_guard lock(mu_);
-      o = options_for(name);
+  std::vector<std::shared_ptr<Export>> targets;
+  {
+    std::unique_lock lock(mu_);
+    check_name(name);
+    // Stored first, under the lock every opening reads it under: an opening that starts
+    // from now on opens with it; one under way is waited for, then switched below.
+    const DirectIo before = direct_io_.count(name) ? direct_io_[name] : defaults_.direct_io;
+    direct_io_[name] = on ? DirectIo::kOn : DirectIo::kOff;
+    opened_.wait(lock, [&] {
+      return std::none_of(opening_.begin(), opening_.end(),
+                          [&](const auto& kv) { return kv.second == name; });
+    });
+    for (auto& [id, w] : open_)
+      if (auto x = w.lock(); x && x->name() == name) targets.push_back(std::move(x));
+    if (targets.empty()) {
+      // Not open: it must exist, and be able to do what is asked.
+      try {
+        lock.unlock();
+        Options o = defaults_;
+        o.file = path_ + "/" + name;
+        o.direct_io = DirectIo::kAuto;
+        o.readonly = true;  // a look, not a writer: it must not take the writer's lock
+        stat_name(name);
+        Backing::open_in(dirfd_.get(), name, o)->check_direct(on);
+      } catch (...) {
+        if (!lock.owns_lock()) lock.lock();
+        direct_io_[name] = before;
+        throw;
+      }
     }
-    o.direct_io = DirectIo::kAuto;
-    Backing::open_in(dirfd_.get(), name, o)->check_direct(on);  // it exists; and says why not
   }
-  std::lock_guard lock(mu_);
-  direct_io_[name] = on ? DirectIo::kOn : DirectIo::kOff;
+  for (auto& x : targets) switch_direct_io(x->backing(), x->gate(), on);
 }
 
 std::vector<std::pair<std::string, std::shared_ptr<Stats>>> ExportDir::all_stats() {

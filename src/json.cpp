@@ -27,15 +27,6 @@ int hex_digit(char c) {
 
 }  // namespace
 
-bool is_utf8(std::string_view s) {
-  try {
-    (void)Json(std::string(s)).dump();  // the strict writer refuses invalid UTF-8
-    return true;
-  } catch (const Json::type_error&) {
-    return false;
-  }
-}
-
 void put_path(Json& j, const std::string& key, std::string_view path) {
   if (is_utf8(path)) {
     j[key] = std::string(path);

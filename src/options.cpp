@@ -1,6 +1,7 @@
 // Strict parsing of loopdio's parameters; see options.h.
 #include "loopdio/options.h"
 
+#include <algorithm>
 #include <cctype>
 #include <limits>
 
@@ -99,6 +100,8 @@ void apply_option(Options& o, std::string_view key, std::string_view value) {
   } else if (key == "dir") {
     if (value.empty()) bad(key, value, "empty path");
     o.dir = value;
+  } else if (key == "devices") {
+    o.devices = parse_bool(key, value);
   } else if (key == "default-export" || key == "default_export") {
     o.default_export = value;
   } else if (key == "directio" || key == "direct-io" || key == "direct_io") {
@@ -123,6 +126,23 @@ void apply_option(Options& o, std::string_view key, std::string_view value) {
     std::uint64_t v = parse_size(key, value);
     if (v < 1 || v > 4096) bad(key, value, "expected 1 to 4096 connections");
     o.max_connections = static_cast<unsigned>(v);
+  } else if (key == "max-connections-per-export" || key == "max_connections_per_export") {
+    std::uint64_t v = parse_size(key, value);
+    if (v < 1 || v > 4096) bad(key, value, "expected 1 to 4096 connections");
+    o.max_connections_per_export = static_cast<unsigned>(v);
+  } else if (key == "max-handshakes" || key == "max_handshakes") {
+    std::uint64_t v = parse_size(key, value);
+    if (v < 1 || v > 4096) bad(key, value, "expected 1 to 4096 connections");
+    o.max_handshakes = static_cast<unsigned>(v);
+  } else if (key == "memory-max" || key == "memory_max") {
+    std::string v = lower(value);
+    o.memory_max = v == "none" || v == "0" ? 0 : parse_size(key, value);
+    if (o.memory_max && o.memory_max < (std::uint64_t{512} << 20))
+      bad(key, value, "must be at least 512M (nbdkit alone reserves about 200 MiB), or none");
+  } else if (key == "aio-events" || key == "aio_events") {
+    std::uint64_t v = parse_size(key, value);
+    if (v < 16 || v > (1u << 20)) bad(key, value, "expected 16 to 1048576 events");
+    o.aio_events = static_cast<unsigned>(v);
   } else if (key == "bounce-total" || key == "bounce_total") {
     o.bounce_total = parse_size(key, value);
     if (o.bounce_total < kMinBounce) bad(key, value, "must be at least 1M");
@@ -134,6 +154,11 @@ void apply_option(Options& o, std::string_view key, std::string_view value) {
   }
 }
 
+unsigned connections_per_export(const Options& o) {
+  if (o.max_connections_per_export) return o.max_connections_per_export;
+  return o.dir.empty() ? o.max_connections : std::max(1u, o.max_connections / 2);
+}
+
 void check_options(const Options& o) {
   if (o.file.empty() && o.dir.empty())
     throw Error("file=PATH or dir=DIR is required: the image, or a directory of images, to serve");
@@ -143,6 +168,15 @@ void check_options(const Options& o) {
     throw Error("offset= and sizelimit= apply to one image (file=), not to dir=");
   if (o.dir.empty() && !o.default_export.empty())
     throw Error("default-export= applies to dir=");
+  if (o.dir.empty() && o.devices)
+    throw Error("devices= applies to dir=: file= serves the block device it names");
+  if (o.max_connections_per_export > o.max_connections)
+    throw Error("max-connections-per-export=" + std::to_string(o.max_connections_per_export) +
+                " is larger than max-connections=" + std::to_string(o.max_connections));
+  if (o.memory_max && o.bounce_total > o.memory_max / 4)
+    throw Error("bounce-total=" + std::to_string(o.bounce_total) + " is more than a quarter of " +
+                "memory-max=" + std::to_string(o.memory_max) + ": nbdkit's request buffers " +
+                "would have too little left");
   if (o.bounce_per_connection > o.bounce_total)
     throw Error("bounce-per-connection=" + std::to_string(o.bounce_per_connection) +
                 " is larger than bounce-total=" + std::to_string(o.bounce_total));

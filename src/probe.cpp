@@ -21,7 +21,6 @@
 #include "loopdio/unique_fd.h"
 
 namespace loopdio {
-namespace {
 
 std::string fs_type_name(long magic) {
   switch (static_cast<unsigned long>(magic)) {
@@ -42,6 +41,8 @@ std::string fs_type_name(long magic) {
     }
   }
 }
+
+namespace {
 
 std::optional<std::uint64_t> sysfs_u64(const ProbeHooks& h, const std::string& path) {
   auto s = h.read_sysfs(path);

@@ -3,28 +3,32 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "loopdio/control.h"
 #include "loopdio/error.h"
+#include "loopdio/safe_text.h"
 
 namespace loopdio {
 
-Service::Service(const Options& o) : opts_(o), pool_(o.bounce_total, o.bounce_per_connection) {
+Service::Service(const Options& o, ConnectionSlots& slots)
+    : opts_(o), pool_(o.bounce_total, o.bounce_per_connection, o.dir.empty() ? 1 : 2),
+      aio_(o.aio_events), slots_(slots) {
   check_options(opts_);
+  slots_.set_limits(opts_.max_connections, opts_.max_handshakes);
   if (!opts_.dir.empty()) {
-    dir_ = std::make_unique<ExportDir>(opts_.dir, opts_, pool_);
+    dir_ = std::make_unique<ExportDir>(opts_.dir, opts_, pool_, aio_);
   } else {
     single_stats_ = std::make_shared<Stats>();
-    single_ = Export::open(opts_, pool_, single_stats_);
+    single_ = Export::open(opts_, pool_, aio_, single_stats_);
   }
 }
 
 std::shared_ptr<Export> Service::connect(const std::string& name) {
-  if (connections_.fetch_add(1) >= opts_.max_connections) {
-    --connections_;
-    throw Error("too many connections: max-connections=" + std::to_string(opts_.max_connections) +
-                    " are open",
+  if (!slots_.open())
+    throw Error("too many connections: max-connections=" + std::to_string(slots_.max_open()) +
+                    " are serving exports; try again later",
                 EBUSY);
-  }
   try {
     if (single_) return single_;
     const std::string& wanted = name.empty() ? opts_.default_export : name;
@@ -34,17 +38,17 @@ std::shared_ptr<Export> Service::connect(const std::string& name) {
                   ENOENT);
     return dir_->acquire(wanted);
   } catch (...) {
-    --connections_;
+    slots_.close();
     throw;
   }
 }
 
-std::vector<std::string> Service::export_names() const {
-  return dir_ ? dir_->list() : std::vector<std::string>{""};
-}
-
-std::string Service::describe(const std::string& name) {
-  return dir_ ? dir_->describe(name) : single_->describe();
+std::vector<ExportDir::Entry> Service::exports() {
+  if (dir_) return dir_->list();
+  ExportDir::Entry e;
+  e.description = single_->describe();
+  e.open = true;
+  return {e};
 }
 
 void Service::set_direct_io(const std::string& name, bool on) {
@@ -56,47 +60,65 @@ void Service::set_direct_io(const std::string& name, bool on) {
   }
 }
 
+std::vector<std::shared_ptr<Export>> Service::open_exports() {
+  return single_ ? std::vector<std::shared_ptr<Export>>{single_} : dir_->open_exports();
+}
+
+// Every open export, whatever its name leads to now (renamed and deleted files included).
 void Service::flush() {
-  auto sync = [](Export& x) {
-    if (::fdatasync(x.backing().fd()) != 0) throw sys_error("fdatasync: " + x.options().file);
-  };
-  if (single_) return sync(*single_);
-  for (const std::string& n : dir_->list())
-    if (auto x = dir_->find_open(n)) sync(*x);
+  for (const std::shared_ptr<Export>& x : open_exports())
+    if (::fdatasync(x->backing().fd()) != 0)
+      throw sys_error("fdatasync: " + safe_encode(x->options().file));
 }
 
 std::vector<ExportMetrics> Service::collect() {
   std::vector<ExportMetrics> v;
-  auto add = [&](const std::string& name, const std::string& file, const Stats& s,
-                 const std::shared_ptr<Export>& x) {
-    ExportMetrics m;
-    m.name = name;
-    m.file = file;
-    m.stats = s.snapshot();
-    if (x) {
-      m.open = true;
-      m.connections = x->connections();
-      m.in_flight = x->gate().in_flight();
-      m.direct = x->backing().direct();
-    }
-    v.push_back(std::move(m));
-  };
   if (single_) {
-    add("", opts_.file, *single_stats_, single_);
-  } else {
-    for (auto& [name, stats] : dir_->all_stats()) add(name, opts_.dir + "/" + name, *stats, dir_->find_open(name));
+    v.push_back(export_metrics("", opts_.file, *single_stats_, {single_}));
+    return v;
+  }
+  std::vector<std::shared_ptr<Export>> open = dir_->open_exports();
+  for (auto& [name, stats] : dir_->all_stats()) {
+    std::vector<std::shared_ptr<Export>> mine;  // a replaced file and its successor, say
+    for (auto& x : open)
+      if (x->name() == name) mine.push_back(x);
+    v.push_back(export_metrics(name, opts_.dir + "/" + name, *stats, mine));
   }
   return v;
+}
+
+ExportMetrics Service::export_metrics(const std::string& name, const std::string& file,
+                                      const Stats& s,
+                                      const std::vector<std::shared_ptr<Export>>& open) {
+  ExportMetrics m;
+  m.name = name;
+  m.file = file;
+  m.stats = s.snapshot();
+  for (const auto& x : open) {
+    m.direct = m.open ? m.direct && x->backing().direct() : x->backing().direct();
+    m.open = true;
+    m.connections += x->connections();
+    m.in_flight += x->gate().in_flight();
+  }
+  return m;
 }
 
 Json Service::status() {
   Json j;
   j["ok"] = true;
   j["pid"] = ::getpid();
-  j["connections"] = connections_.load();
-  j["max_connections"] = opts_.max_connections;
+  j["connections"] = slots_.open_now();
+  j["handshaking"] = slots_.handshaking();
+  j["max_connections"] = slots_.max_open();
+  j["max_connections_per_export"] = connections_per_export(opts_);
+  j["max_handshakes"] = slots_.max_handshakes();
+  j["memory_max"] = limits_.memory_max;
+  j["memory"] = private_memory();
+  j["fd_limit"] = limits_.fd_limit;
+  j["aio_events"] = {{"used", aio_.used()}, {"total", aio_.total()}};
   BouncePool::Stats p = pool_.stats();
-  j["bounce"] = {{"leased", p.leased}, {"cached", p.cached}, {"peak", p.peak}, {"waits", p.waits},
+  j["bounce"] = {{"leased", p.leased}, {"cached", p.cached}, {"peak", p.peak},
+                 {"resident", p.resident}, {"waits", p.waits},
                  {"total", opts_.bounce_total}, {"per_connection", opts_.bounce_per_connection}};
   if (single_) {
     single_->status(j);  // one image: its members at the top, as `loopdio list` reads them
@@ -105,21 +127,30 @@ Json Service::status() {
   put_path(j, "dir", opts_.dir);
   j["aio"] = to_string(opts_.engine);
   Json exports = Json::array();
-  for (const std::string& n : dir_->list()) {
+  std::vector<std::shared_ptr<Export>> open = dir_->open_exports();
+  for (const ExportDir::Entry& n : dir_->list()) {
     Json e;
-    if (auto x = dir_->find_open(n)) {
-      x->status(e);
+    auto x = std::find_if(open.begin(), open.end(), [&](const auto& x) {
+      return x->name() == n.name && !dir_->stale(*x);
+    });
+    if (x != open.end()) {
+      (*x)->status(e);
       e["open"] = true;
+      open.erase(x);
     } else {
-      put_path(e, "name", n);
-      put_path(e, "file", opts_.dir + "/" + n);
+      put_path(e, "name", n.name);
+      put_path(e, "file", opts_.dir + "/" + n.name);
       e["open"] = false;
-      try {
-        e["description"] = dir_->describe(n);
-      } catch (const Error& err) {
-        e["description"] = std::string("loopdio: unavailable: ") + err.what();
-      }
+      e["description"] = n.description;
     }
+    exports.push_back(std::move(e));
+  }
+  // Still served to the connections that have them, though their names lead elsewhere now.
+  for (const auto& x : open) {
+    Json e;
+    x->status(e);
+    e["open"] = true;
+    e["stale"] = true;
     exports.push_back(std::move(e));
   }
   j["exports"] = std::move(exports);

@@ -65,6 +65,7 @@ class Backing {
   void finish_open(const ProbeHooks& hooks);
   void apply_geometry();
   void decide_direct();
+  void lock_writer();
 
   Options opts_;
   ProbeResult probe_;

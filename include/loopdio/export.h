@@ -23,10 +23,10 @@ namespace loopdio {
 class Export {
  public:
   // Opens and probes o.file (or `name` in the directory `dirfd`, following no symbolic
-  // link) and says what it decided (notices). Bounce buffers come from `pool`, the
-  // server's; `stats` outlive the export (they count for the server's life). Throws
+  // link) and says what it decided (notices). Bounce buffers come from `pool`, AIO contexts
+  // from `aio`, the server's; `stats` outlive the export (they count for the server's life). Throws
   // loopdio::Error.
-  static std::unique_ptr<Export> open(const Options& o, BouncePool& pool,
+  static std::unique_ptr<Export> open(const Options& o, BouncePool& pool, AioBudget& aio,
                                       std::shared_ptr<Stats> stats, const std::string& name = "",
                                       int dirfd = -1);
   Export(const Export&) = delete;
@@ -40,10 +40,13 @@ class Export {
   SpaceOps& space() { return *space_; }
   DrainGate& gate() { return gate_; }
   Stats& stats() { return *stats_; }
+  // This export's share of the server's bounce memory; each connection's is a Client of it.
+  BouncePool::Group& bounce_group() { return *bounce_group_; }
 
   // A connection starts and ends: the engine it uses (shared with the export's other
-  // connections), counted until release().
-  std::shared_ptr<Engine> attach();
+  // connections), counted until release(). Throws loopdio::Error (EBUSY) when `limit`
+  // connections are already attached.
+  std::shared_ptr<Engine> attach(unsigned limit);
   void release(const Engine& e);
   // A connection was opened read-only by nbdkit (-r); says once if the image is writable.
   void note_readonly_client();
@@ -61,6 +64,7 @@ class Export {
   static int engine_index(const Engine& e);
 
   std::string name_;
+  std::unique_ptr<BouncePool::Group> bounce_group_;  // outlives every connection's Client
   std::unique_ptr<Backing> backing_;
   RangeLock locks_;  // before io_ and space_, which hold references to it
   std::unique_ptr<AlignedIo> io_;

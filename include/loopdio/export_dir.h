@@ -1,16 +1,26 @@
 // A directory of images served as one export each, named by file name (nbdkit's dir=
-// mode). Every regular file and block device node directly in the directory is an export;
-// a file added later is served from the next connection on. An export is opened at its first
-// connection and shared by all of them until the last closes; its statistics and a
-// direct-I/O setting made through the control socket last for the server's life.
+// mode). Every regular file directly in the directory is an export (block device nodes too,
+// with devices=1); a file added later is served from the next connection on.
+//
+// An export is a file, not a name: it is found by what the name leads to when a connection
+// asks (device and inode, never through a symbolic link), so two names of one file (hard
+// links) share one export with one set of range locks, and a name whose file was replaced
+// or deleted leads new connections to the new file while old ones keep theirs. An export is
+// opened at its first connection and shared until its last closes; the opening (open,
+// probe, trial reads: slow on a failing disk) runs outside the directory's lock, so one slow
+// image delays only those who ask for it. Listing exports opens nothing.
 #pragma once
 
+#include <sys/types.h>
+
+#include <condition_variable>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <optional>
+#include <set>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "loopdio/export.h"
@@ -21,41 +31,59 @@ namespace loopdio {
 class ExportDir {
  public:
   // Opens `path` (absolute) as the directory of exports. Throws loopdio::Error.
-  ExportDir(std::string path, Options defaults, BouncePool& pool);
+  ExportDir(std::string path, Options defaults, BouncePool& pool, AioBudget& aio);
 
   const std::string& path() const { return path_; }
 
-  // The names of the exports now, sorted: regular files and block devices directly in the
-  // directory, not symbolic links, not names starting with '.', valid UTF-8.
-  std::vector<std::string> list() const;
+  struct Entry {
+    std::string name;
+    std::string description;  // the export's own when it is open or was, else from stat
+    bool open = false;
+  };
+  // The exports now, sorted by name: regular files (and, with devices=1, block devices)
+  // directly in the directory; not symbolic links, hidden names, names that are not UTF-8 or
+  // hold control characters (each such name is reported once, by a notice). Opens nothing.
+  std::vector<Entry> list();
+  std::vector<std::string> names();
 
   // Throws loopdio::Error when `name` cannot name an export in the directory: empty,
-  // starting with '.' ("..", hidden files), holding '/', too long, not UTF-8.
+  // starting with '.' ("..", hidden files), holding '/', too long, not UTF-8, holding a
+  // control character.
   static void check_name(std::string_view name);
 
-  // The export `name`, opened now if no connection has it open. Throws loopdio::Error.
+  // The export the name leads to now, opened if no connection has it open (outside the
+  // directory's lock). Throws loopdio::Error.
   std::shared_ptr<Export> acquire(const std::string& name);
-  // The open export `name`, or null.
-  std::shared_ptr<Export> find_open(const std::string& name);
-  // The description of export `name`, without opening it for serving.
-  std::string describe(const std::string& name);
-  // Switches direct I/O of export `name` now if it is open, and at its next opening.
+  // Every open export.
+  std::vector<std::shared_ptr<Export>> open_exports();
+  // True when `x`'s name no longer leads to its file (renamed, replaced or deleted).
+  bool stale(const Export& x) const;
+  // Switches direct I/O of every open export of `name` now, and of its next opening.
   void set_direct_io(const std::string& name, bool on);
 
   // The statistics of every export that has been opened, by name.
   std::vector<std::pair<std::string, std::shared_ptr<Stats>>> all_stats();
 
  private:
-  Options options_for(const std::string& name);
+  using FileId = std::pair<dev_t, ino_t>;
+  // What the name leads to, or why it cannot be served.
+  struct stat stat_name(const std::string& name) const;
+  Options options_for(const std::string& name);  // under mu_
+  std::shared_ptr<Export> open_new(const std::string& name, FileId id);
 
   const std::string path_;
   const Options defaults_;
   BouncePool& pool_;
+  AioBudget& aio_;
   UniqueFd dirfd_;
-  std::mutex mu_;  // protects the maps below
-  std::map<std::string, std::weak_ptr<Export>> open_;
+  std::mutex mu_;  // protects everything below; never held across an open or a probe
+  std::condition_variable opened_;                 // an opening in progress ended
+  std::map<FileId, std::weak_ptr<Export>> open_;   // by the file they serve
+  std::map<FileId, std::string> opening_;          // being opened now, and by which name
   std::map<std::string, std::shared_ptr<Stats>> stats_;
-  std::map<std::string, DirectIo> direct_io_;  // set at run time, by name
+  std::map<std::string, DirectIo> direct_io_;      // set at run time, by name
+  std::map<FileId, std::string> descriptions_;     // of files opened before
+  std::set<std::string> told_;                     // names skipped, already reported
 };
 
 }  // namespace loopdio

@@ -8,13 +8,12 @@
 #include <string>
 #include <string_view>
 
+#include "loopdio/safe_text.h"  // is_utf8: what a JSON string may hold
+
 namespace loopdio {
 
 // Members keep the order they were set in, so output reads the way it was written.
 using Json = nlohmann::ordered_json;
-
-// True when `s` is valid UTF-8 (what a JSON string may hold).
-bool is_utf8(std::string_view s);
 
 // j[key] = path; and j[key + "-hex"] = its bytes in hex when it is not valid UTF-8.
 void put_path(Json& j, const std::string& key, std::string_view path);

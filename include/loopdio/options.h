@@ -17,6 +17,9 @@ const char* to_string(DirectIo d);
 const char* to_string(EngineKind e);
 
 inline constexpr unsigned kDefaultMaxConnections = 64;
+inline constexpr unsigned kDefaultMaxHandshakes = 16;
+inline constexpr unsigned kDefaultAioEvents = 4096;
+inline constexpr std::uint64_t kDefaultMemoryMax = std::uint64_t{2} << 30;
 inline constexpr std::uint64_t kDefaultBounceTotal = std::uint64_t{64} << 20;
 inline constexpr std::uint64_t kDefaultBouncePerConnection = std::uint64_t{16} << 20;
 inline constexpr std::uint64_t kMinBounce = std::uint64_t{1} << 20;
@@ -25,6 +28,7 @@ struct Options {
   std::string file;                        // one image (file=), or
   std::string dir;                         // a directory of images, one export each (dir=)
   std::string default_export;              // dir=: what the empty export name serves
+  bool devices = false;                    // dir=: block device nodes in it are exports too
   DirectIo direct_io = DirectIo::kAuto;
   EngineKind engine = EngineKind::kLibaio;
   std::uint64_t offset = 0;                // losetup -o
@@ -33,10 +37,19 @@ struct Options {
   std::string control;                     // control socket path, empty for none
   bool readonly = false;                   // open the backing read-only (nbdkit -r)
   // Limits on what clients can take (docs/loopdio.md, "Limits").
-  unsigned max_connections = kDefaultMaxConnections;
+  unsigned max_connections = kDefaultMaxConnections;  // with an export open
+  // With an export open, to one export; 0: max_connections (file=), half of it (dir=).
+  unsigned max_connections_per_export = 0;
+  unsigned max_handshakes = kDefaultMaxHandshakes;  // connected, no export open (yet)
+  // The process's private memory (RLIMIT_DATA), nbdkit's request buffers included; 0: none.
+  std::uint64_t memory_max = kDefaultMemoryMax;
+  unsigned aio_events = kDefaultAioEvents;  // the server's share of fs.aio-max-nr
   std::uint64_t bounce_total = kDefaultBounceTotal;                  // whole server
   std::uint64_t bounce_per_connection = kDefaultBouncePerConnection;  // one connection
 };
+
+// max-connections-per-export as it applies: the value set, or its default.
+unsigned connections_per_export(const Options& o);
 
 // Sets one parameter. Throws loopdio::Error ("offset=12x: not a size ...") on a bad key or
 // value. `file` and `control` are taken as given; the caller makes them absolute.

@@ -58,4 +58,7 @@ struct ProbeHooks {
 // dio_supported false with the reason.
 ProbeResult probe(const std::string& path, int fd, const ProbeHooks& hooks = ProbeHooks::real());
 
+// "ext4", "xfs", ... for a statfs f_type; "fs 0x..." for one without a name here.
+std::string fs_type_name(long magic);
+
 }  // namespace loopdio

@@ -4,39 +4,47 @@
 // hands control commands to it; everything else is per export.
 #pragma once
 
-#include <atomic>
 #include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "loopdio/bounce_pool.h"
+#include "loopdio/connection_slots.h"
+#include "loopdio/engine_share.h"
 #include "loopdio/export.h"
 #include "loopdio/export_dir.h"
 #include "loopdio/json.h"
 #include "loopdio/metrics.h"
 #include "loopdio/options.h"
+#include "loopdio/process_limits.h"
 
 namespace loopdio {
 
 class Service {
  public:
-  // Opens the image (or the directory) now. Throws loopdio::Error.
-  explicit Service(const Options& o);
+  // Opens the image (or the directory) now; counts connections in `slots` (which outlive
+  // the service: a connection's thread may end after it). Throws loopdio::Error.
+  Service(const Options& o, ConnectionSlots& slots);
 
   const Options& options() const { return opts_; }
   bool serves_dir() const { return dir_ != nullptr; }
   BouncePool& pool() { return pool_; }
 
-  // A connection opens: counts it against max-connections and returns the export `name`
-  // asks for (any name, with file=). Throws loopdio::Error (EBUSY beyond the limit).
+  // A connection opens an export: it takes an open slot (max-connections) and the export
+  // `name` asks for (any name, with file=); the caller then attaches to it with
+  // connections_per_export(). Throws loopdio::Error (EBUSY beyond the limit).
   std::shared_ptr<Export> connect(const std::string& name);
-  void disconnect() { --connections_; }
-  unsigned connections() const { return connections_.load(); }
+  void disconnect() { slots_.close(); }
+  unsigned connections() const { return slots_.open_now(); }
+  // The process's limits as applied (shown by `status`); set before the control socket starts.
+  void set_limits(const ProcessLimits& pl) { limits_ = pl; }
 
-  // dir=: the exports' names; and the description of one.
-  std::vector<std::string> export_names() const;
-  std::string describe(const std::string& name);
+  // The exports and their descriptions, as NBD_OPT_LIST shows them (file=: one, unnamed).
+  // Opens nothing.
+  std::vector<ExportDir::Entry> exports();
+  // Every open export.
+  std::vector<std::shared_ptr<Export>> open_exports();
 
   // The control socket's command, executed; the one-line JSON reply. Never throws.
   std::string control(std::string_view line);
@@ -49,13 +57,18 @@ class Service {
  private:
   void set_direct_io(const std::string& name, bool on);
   void flush();
+  static ExportMetrics export_metrics(const std::string& name, const std::string& file,
+                                      const Stats& s,
+                                      const std::vector<std::shared_ptr<Export>>& open);
 
   Options opts_;
   BouncePool pool_;
+  AioBudget aio_;  // before the exports, whose engines give it back
   std::shared_ptr<Stats> single_stats_;
   std::shared_ptr<Export> single_;   // file=
   std::unique_ptr<ExportDir> dir_;   // dir=
-  std::atomic<unsigned> connections_{0};
+  ConnectionSlots& slots_;
+  ProcessLimits limits_;
 };
 
 }  // namespace loopdio

@@ -1,20 +1,10 @@
-// Text from files and servers (image paths, descriptions) made safe for a terminal and a
-// one-line-per-row table, the way `losetup -l` prints it (libsmartcols' safe encoding):
-// control characters, DEL, C1 controls, bytes that are not valid UTF-8, and the backslash
-// itself become \xHH, so each row stays one line and the bytes can still be told apart.
+// The safe encoding of text for terminals and tables lives in the core library
+// (loopdio/safe_text.h: export descriptions need it too); the command uses it by these names.
 #pragma once
 
-#include <cstddef>
-#include <string>
-#include <string_view>
+#include "loopdio/safe_text.h"
 
 namespace loopdio::cli {
-
-// "/srv/a\nb\xff" -> "/srv/a\x0ab\xff" (as printed: backslash, x, two lowercase hex digits).
-std::string safe_encode(std::string_view s);
-
-// Columns the text takes on a terminal: one per character of valid UTF-8 (safe_encode's
-// output is always valid UTF-8).
-std::size_t display_width(std::string_view s);
-
+using loopdio::display_width;
+using loopdio::safe_encode;
 }  // namespace loopdio::cli

@@ -42,6 +42,32 @@ def random_io(uri, size, rounds, seed, shadow, max_len=70000, connections=1):
     return rounds
 
 
+def refusal(sock, name):
+    """The reason the server gives for refusing export `name` on the Unix socket `sock`:
+    the message it sends with its error reply (libnbd before 1.16 shows it only in its
+    debug output, where it is read from here). Fails when the export is served, or when
+    the connection fails in any other way than a refusal."""
+    said = []
+
+    def debug(context, msg):
+        if "server error message: " in msg:
+            said.append(msg.split("server error message: ", 1)[1])
+
+    h = nbd.NBD()
+    h.set_debug_callback(debug)
+    h.set_debug(True)
+    h.set_export_name(name)
+    try:
+        h.connect_unix(sock)
+    except nbd.Error as e:
+        if not said:
+            raise AssertionError(f"export {name!r}: the connection failed with no reason "
+                                 f"from the server: {e}")
+        return said[-1]
+    h.shutdown()
+    raise AssertionError(f"export {name!r} was served")
+
+
 def run_threads(fn, n):
     """Runs fn(0) .. fn(n-1) in n threads at once; raises the first exception any raised,
     once every thread has finished."""
@@ -64,12 +90,15 @@ def run_threads(fn, n):
 
 def lost_update(uri, size, block, connections, rounds):
     """Each connection owns some bytes of every block and writes them, all at the same
-    time; at the end every block must hold every connection's last byte."""
+    time; at the end every block must hold every connection's last byte. `uri` may be a
+    list: connection k then uses uri[k % len(uri)] (two names of one file, say)."""
+    uris = uri if isinstance(uri, list) else [uri]
+    uri = uris[0]
     barrier = threading.Barrier(connections)
     nblocks = min(size // block, 16)
 
     def worker(k):
-        h = connect(uri, strict=False)
+        h = connect(uris[k % len(uris)], strict=False)
         barrier.wait()
         for r in range(rounds):
             for b in range(nblocks):

@@ -161,8 +161,10 @@ nothing_of nbd9
 expect_error 1 "/dev/sda: not an NBD device" "$LOOPDIO" attach "$img" /dev/sda
 expect_error 2 "$T/missing.img: No such file or directory" "$LOOPDIO" attach "$T/missing.img"
 nothing_of nbd3
+img3=$mnt/disk3.img  # its own image: nbd1's server writes $img, and an image has one writer
+random_file "$img3" $((4 << 20))
 STANDIN_FAIL=1 expect_error 2 "nbd-client could not connect $T/dev/nbd3: Failed to setup device, check dmesg" \
-  "$LOOPDIO" attach "$img"
+  "$LOOPDIO" attach "$img3"
 nothing_of nbd3
 expect_error 2 "offset=16777216: at or beyond the end of $img" "$LOOPDIO" attach -o 16M "$img"
 nothing_of nbd3
@@ -170,7 +172,7 @@ expect_error 2 "$T/dev/nbd0 was not attached by loopdio" "$LOOPDIO" detach "$T/d
 expect_error 1 "give a DEVICE or --all" "$LOOPDIO" detach
 # SIGTERM while nbd-client runs: it finishes, then loopdio undoes everything.
 : >"$STANDIN_LOG"
-STANDIN_SLEEP=2 "$LOOPDIO" attach "$img" 2>"$T/err" &
+STANDIN_SLEEP=2 "$LOOPDIO" attach "$img3" 2>"$T/err" &
 attach=$!
 for i in $(seq 100); do grep -qs nbd3 "$STANDIN_LOG" && break; sleep 0.05; done
 kill -TERM $attach

@@ -21,7 +21,7 @@ sock=$T/dir.sock
 serve_until_ready "$T/serve.out" "$LOOPDIO" serve --unix "$sock" "$d"
 grep -q "^serving the images in $d (2 now), each by its name, on nbd+unix:///NAME?socket=$sock" \
   "$T/serve.out" || { cat "$T/serve.out"; fail "serve DIR: where"; }
-grep -q "^export vm1.img: loopdio: $d/vm1.img (ext4 file, 16.0 MiB): direct I/O on" "$T/serve.out" ||
+grep -q "^export vm1.img: loopdio: $d/vm1.img (ext4 file, 16.0 MiB): direct I/O possible, alignment 512 (statx); not open yet" "$T/serve.out" ||
   { cat "$T/serve.out"; fail "serve DIR: descriptions"; }
 
 vm1="nbd+unix:///vm1.img?socket=$sock"

@@ -122,9 +122,11 @@ pass "serve on TCP with --export-name, -r, -o, --sizelimit, --sector-size, --aio
 
 # --- TLS with a pre-shared key: --tls=require is implied --------------------------------
 psktool -u alice -p "$T/keys.psk" >/dev/null
-serve_bg tls --unix "$T/tls.sock" --tls-psk "$T/keys.psk" "$img"
+tls_img=$mnt/tls.img  # its own image: the Unix socket's server still writes $img
+truncate -s 32M "$tls_img"
+serve_bg tls --unix "$T/tls.sock" --tls-psk "$T/keys.psk" "$tls_img"
 tls_uri="nbds+unix://alice@/?socket=$T/tls.sock&tls-psk-file=$T/keys.psk"
-grep -qx "serving $img on nbds+unix:///?socket=$T/tls.sock" "$T/tls.out" || fail "serve --tls-psk: URI"
+grep -qx "serving $tls_img on nbds+unix:///?socket=$T/tls.sock" "$T/tls.out" || fail "serve --tls-psk: URI"
 "$LOOPDIO" info --json "$tls_uri" | $PYTHON -c '
 import json, sys
 assert json.load(sys.stdin)["tls"]' || fail "info over TLS"

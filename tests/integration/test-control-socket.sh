@@ -17,8 +17,9 @@
 source "$(dirname "$0")/lib.sh"
 require nbdkit timeout
 
-truncate -s 8M "$T/c.img"
+truncate -s 8M "$T/c.img" "$T/c2.img"
 IMG=$T/c.img
+IMG2=$T/c2.img  # for a second server beside the first (one writer per image)
 ctl() { $PYTHON "$TESTS_DIR/control_client.py" "$@"; }
 # refused WANT... -- nbdkit arguments: nbdkit must fail to start, saying each WANT.
 refused() {
@@ -59,7 +60,7 @@ live_socket_refused() {
   local a
   start_server -- file="$IMG" control="$T/live.ctl"
   a=$SERVER_PID
-  refused "in use by" "$a" -- -U - "$PLUGIN" file="$IMG" control="$T/live.ctl" --run true
+  refused "in use by" "$a" -- -U - "$PLUGIN" file="$IMG2" control="$T/live.ctl" --run true
   ctl "$T/live.ctl" status | grep -q "\"pid\":$a" || fail "the first server lost its control socket"
   stop_server
 }
@@ -82,7 +83,7 @@ not_a_socket_refused() {
 failed_start_leaves_nothing() {
   local port holder
   start_server -- file="$IMG"
-  refused "Address already in use" -- -f -U "$SOCK" "$PLUGIN" file="$IMG" control="$T/fail-unix.ctl"
+  refused "Address already in use" -- -f -U "$SOCK" "$PLUGIN" file="$IMG2" control="$T/fail-unix.ctl"
   [ ! -e "$T/fail-unix.ctl" ] || fail "-U busy: the failed server left its control socket"
   stop_server
   # A port taken by a listener of our own (any free port, never 10809).

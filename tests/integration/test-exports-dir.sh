@@ -3,8 +3,12 @@
 # with its own probe, locks and direct-I/O state. Three images (one on a 4K-native xfs,
 # bind-mounted into the directory; one of an odd size) are read, written and verified
 # through their own names on both engines; `nbdinfo --list` shows exactly them with their own
-# descriptions; a file added while the server runs is served from the next connection on;
-# names that could leave the directory or are not images are refused.
+# descriptions (from statx before any connection: a listing opens nothing, not even a device
+# node), with control characters escaped; a file added while the server runs is served
+# from the next connection on; every name that could leave the directory or is not an image
+# is refused, each with its own reason, which reaches the client; a name swapped between a
+# file and a FIFO while clients connect is either served as the file or refused, never
+# opened as the FIFO.
 source "$(dirname "$0")/lib.sh"
 require_root
 require nbdkit nbdinfo
@@ -23,11 +27,22 @@ random_file "$d/.hidden.img" 65536
 ln -s "$d/a.img" "$d/link.img"
 ln -s /etc/passwd "$d/passwd"
 random_file "$ext4/outside.img" 65536
+mkfifo "$d/fifo.img"
+$PYTHON -c 'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' "$d/sock.img"
+mknod "$d/null.img" c 1 3
+# A loop device node no one has made: opening it would make the kernel create loop200.
+[ ! -e /sys/block/loop200 ] || fail "loop200 exists already"
+mknod "$d/blk.img" b 7 200
+at_exit "losetup -d /dev/loop200"
+random_file "$d/$(printf 'esc\033[31m.img')" 4096
+random_file "$d/$(printf 'new\nline.img')" 4096
+random_file "$d/$(printf 'bad\377.img')" 4096
 
 for engine in libaio io_uring; do
   start_server -- dir="$d" aio=$engine control="$T/ctl-$engine"
 
   nbdinfo --list --json "$URI" >"$T/list.json" || fail "$engine: nbdinfo --list"
+  nbdinfo --list --json "$URI" >/dev/null || fail "$engine: nbdinfo --list, twice"
   $PYTHON - "$T/list.json" <<'PY' || fail "$engine: the list"
 import json, sys
 exports = {e["export-name"]: e.get("description", "") for e in json.load(open(sys.argv[1]))["exports"]}
@@ -35,9 +50,21 @@ assert sorted(exports) == ["a.img", "odd.img", "x4k.img"], sorted(exports)
 assert "alignment 4096 (statx)" in exports["x4k.img"] and "xfs file" in exports["x4k.img"], exports
 assert "alignment 512 (statx)" in exports["a.img"] and "ext4 file" in exports["a.img"], exports
 for name, text in exports.items():
-    assert "direct I/O on" in text, (name, text)
+    assert "direct I/O possible" in text and "not open yet" in text, (name, text)
+    assert not any(ord(c) < 32 or 0x7f <= ord(c) < 0xa0 for c in text), (name, text)
 print("\n".join(f"  {n}: {t}" for n, t in sorted(exports.items())))
 PY
+  [ ! -e /sys/block/loop200 ] || fail "$engine: listing opened the block device node blk.img"
+  # Each name that cannot be an export is reported once, escaped, however often it is listed.
+  for why in 'export "esc\x1b[31m.img": a name may not hold control characters' \
+             'export "new\x0aline.img": a name may not hold control characters' \
+             "blk.img is a block device: a directory's devices are served only with devices=1" \
+             'fifo.img is not a regular file' 'export name is not valid UTF-8'; do
+    n=$(grep -F "not served: " "$SERVER_LOG" | grep -cF "$why" || true)
+    [ "$n" = 1 ] || { cat "$SERVER_LOG"; fail "$engine: '$why' reported $n times, not once"; }
+  done
+  if LC_ALL=C grep -q $'\033' "$SERVER_LOG"; then fail "$engine: a raw ESC reached the log"; fi
+  pass "$engine: listed from statx, no device opened, odd names reported once, escaped"
 
   $PYTHON - "$SOCK" "$d" "$engine" <<'PY' || fail "$engine: data through each export"
 import os, random, sys, nbd
@@ -61,19 +88,71 @@ for name in ("a.img", "odd.img", "x4k.img"):
     print(f"  {name}: 200 unaligned requests verified, {len(shadow)} bytes on disk right")
 PY
 
-  # Refused: no name, names leaving the directory, symlinks (followed nowhere), hidden
-  # files, a directory, a missing file.
-  for name in "" "../outside.img" "sub/../a.img" ".." "." "link.img" "passwd" ".hidden.img" \
-              "sub" "missing.img" "/etc/passwd"; do
-    $PYTHON - "$SOCK" "$name" 2>/dev/null <<'PY' && fail "$engine: export '$name' was served"
-import sys, nbd
-h = nbd.NBD(); h.set_export_name(sys.argv[2])
-h.connect_unix(sys.argv[1])
+  # Listed again, the exports opened are described by their probe now.
+  nbdinfo --list --json "$URI" | grep -q '"description": "loopdio: [^"]*x4k.img (xfs file, 16.0 MiB): direct I/O on' ||
+    fail "$engine: x4k.img's probed description is not listed"
+
+  # Refused, each with its reason, as the client receives it.
+  $PYTHON - "$SOCK" <<'PY' || fail "$engine: refusals"
+import sys, nbdtest
+sock = sys.argv[1]
+cases = {
+    "": "no export name given",
+    "../outside.img": "names starting with '.' are not served",
+    "sub/../a.img": "a name may not hold '/'",
+    "/etc/passwd": "a name may not hold '/'",
+    "..": "names starting with '.' are not served",
+    ".": "names starting with '.' are not served",
+    ".hidden.img": "names starting with '.' are not served",
+    "link.img": "is not a regular file (a symbolic link: never followed)",
+    "passwd": "is not a regular file (a symbolic link: never followed)",
+    "sub": "is not a regular file",
+    "missing.img": "No such file or directory",
+    "fifo.img": "is not a regular file",
+    "sock.img": "is not a regular file",
+    "null.img": "is not a regular file",
+    "blk.img": "is a block device: a directory's devices are served only with devices=1",
+    "esc\x1b[31m.img": "a name may not hold control characters",
+}
+for name, why in cases.items():
+    said = nbdtest.refusal(sock, name)
+    assert why in said, (name, why, said)
+    assert "\x1b" not in said, (name, said)
+    print(f"  {name!r}: {said}")
 PY
-  done
-  grep -q "no export name given" "$SERVER_LOG" || { cat "$SERVER_LOG"; fail "no reason for the empty name"; }
-  grep -q 'file=.*/link.img: is a symbolic link' "$SERVER_LOG" || { cat "$SERVER_LOG"; fail "symlink reason"; }
-  pass "$engine: refused '', ../outside.img, .., ., symlinks, .hidden.img, sub, missing.img"
+  [ ! -e /sys/block/loop200 ] || fail "$engine: a refused blk.img was opened"
+  pass "$engine: 16 names refused, each with its own reason"
+
+  # A name swapped between an image and a FIFO while clients connect: each connection gets
+  # the image (and reads it right) or a refusal; none hangs on the FIFO, none is served it.
+  random_file "$ext4/swap.img" 65536  # the same filesystem: a hard link each round
+  touch "$T/swapping"
+  (while [ -e "$T/swapping" ]; do
+     ln -f "$ext4/swap.img" "$d/.swap.tmp" && mv -f "$d/.swap.tmp" "$d/swap.img"
+     mkfifo "$d/.swap.tmp" && mv -f "$d/.swap.tmp" "$d/swap.img"
+   done) &
+  swapper=$!
+  at_exit "rm -f $T/swapping"
+  timeout 120 $PYTHON - "$SOCK" "$ext4/swap.img" <<'PY' || { rm "$T/swapping"; fail "$engine: the swap race"; }
+import sys, nbd
+sock, img = sys.argv[1:]
+want = open(img, "rb").read(4096)
+served = refused = 0
+for _ in range(200):
+    h = nbd.NBD(); h.set_export_name("swap.img")
+    try:
+        h.connect_unix(sock)
+    except nbd.Error:
+        refused += 1
+        continue
+    assert h.get_size() == 65536 and h.pread(4096, 0) == want
+    h.shutdown()
+    served += 1
+print(f"  swap.img: {served} connections served the image, {refused} refused")
+PY
+  rm "$T/swapping"
+  wait $swapper
+  rm -f "$d/swap.img" "$d/.swap.tmp"
 
   # A file added while the server runs is served from the next connection on.
   random_file "$d/new.img" $((2 << 20))

@@ -51,7 +51,8 @@ grep -a "loopdio: punching holes (fallocate) is not supported by the backing: sw
 pass "in the background, a fallback notice reaches syslog"
 
 # The foreground: stderr, as systemd's journal reads it.
-start_server -- file="$mnt/disk.img"
+cp "$mnt/disk.img" "$mnt/fg.img"  # its own image: the background server holds the first
+start_server -- file="$mnt/fg.img"
 trim "$URI" || fail "trim in the foreground"
 grep "loopdio: punching holes (fallocate) is not supported by the backing: switched off" \
   "$SERVER_LOG" || { cat "$SERVER_LOG"; fail "the notice did not reach stderr"; }

@@ -1,10 +1,15 @@
 // The bounce pool: however many requests ask at once, the server never holds more than its
-// total and a connection never more than its share; requests wait rather than fail, in
-// arrival order, and memory is reused rather than grown.
+// total, a connection and an export never more than their shares; requests wait rather than
+// fail, a request held back by its own share never holds up another's, those that wait for
+// the total are served in arrival order, and memory is reused rather than grown.
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
+#include <future>
+#include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -52,6 +57,30 @@ TEST(BouncePool, ManyRequestsNeverExceedTheBounds) {
   EXPECT_GT(s.waits, 0u) << "16 threads asking for up to 4 MiB each never had to wait";
 }
 
+// Waits (generously: a loaded machine) until `n` leases have had to wait.
+static void wait_for_waits(BouncePool& pool, std::uint64_t n) {
+  auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (pool.stats().waits < n) {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "no request started waiting";
+    std::this_thread::yield();
+  }
+}
+
+// A lease asked for on another thread; fails the test when it is not granted within 10 s
+// (rather than hanging it).
+static BouncePool::Lease acquire_within(BouncePool& pool, BouncePool::Client* c, std::size_t n) {
+  auto f = std::async(std::launch::async, [&] { return pool.acquire(c, n); });
+  if (f.wait_for(10s) != std::future_status::ready) {
+    ADD_FAILURE() << "a request that fits waited behind another connection's share";
+    std::abort();  // the waiting thread cannot be cancelled
+  }
+  return f.get();
+}
+
+// The timeline of the bug: the greedy connection holds its whole share and asks for more;
+// its request waits (right), first in line; then another connection, holding nothing, asks
+// for memory the total has room for, and waited behind the greedy request until the greedy
+// connection gave memory back (wrong): one connection's cap held up everyone.
 TEST(BouncePool, AClientAtItsShareWaitsWhileOthersGoOn) {
   BouncePool pool(16 << 20, 4 << 20);
   BouncePool::Client greedy, other;
@@ -61,14 +90,63 @@ TEST(BouncePool, AClientAtItsShareWaitsWhileOthersGoOn) {
     BouncePool::Lease b = pool.acquire(&greedy, 64 << 10);
     got = true;
   });
-  std::this_thread::sleep_for(50ms);
+  wait_for_waits(pool, 1);
+  BouncePool::Lease c = acquire_within(pool, &other, 4 << 20);
+  EXPECT_EQ(c.size(), 4u << 20);
   EXPECT_FALSE(got) << "a connection went beyond its share";
-  // Another connection is not held up by it... once the waiter is not first in line.
   a.reset();
   waiter.join();
   EXPECT_TRUE(got);
-  BouncePool::Lease c = pool.acquire(&other, 4 << 20);
-  EXPECT_EQ(c.size(), 4u << 20);
+}
+
+// One export's connections (a slow disk's, holding their buffers for seconds) cannot take
+// the memory another export needs: in a directory, the first export may hold half, and each
+// of n open exports 1/n.
+TEST(BouncePool, OneExportCannotTakeWhatAnotherNeeds) {
+  BouncePool pool(16 << 20, 4 << 20, 2);
+  BouncePool::Group slow(pool), quick(pool);
+  BouncePool::Client s1(&slow), s2(&slow), s3(&slow), q(&quick), q2(&quick);
+  BouncePool::Lease a = pool.acquire(&s1, 4 << 20), b = pool.acquire(&s2, 4 << 20);
+  std::atomic<bool> got{false};
+  std::thread third([&] {
+    BouncePool::Lease c = pool.acquire(&s3, 4 << 20);  // beyond the export's half
+    got = true;
+  });
+  wait_for_waits(pool, 1);
+  BouncePool::Lease mine = acquire_within(pool, &q, 4 << 20);
+  BouncePool::Lease more = acquire_within(pool, &q2, 64 << 10);
+  EXPECT_FALSE(got) << "an export went beyond its share";
+  a.reset();
+  third.join();
+  EXPECT_TRUE(got);
+}
+
+// When an export closes, the others' shares grow at once: a request held back only by its
+// export's share is granted.
+TEST(BouncePool, AClosingExportGivesItsShareToTheOthers) {
+  BouncePool pool(16 << 20, 16 << 20, 1);
+  BouncePool::Group g1(pool);
+  BouncePool::Client c1(&g1);
+  auto g2 = std::make_unique<BouncePool::Group>(pool);
+  BouncePool::Lease a = pool.acquire(&c1, 4 << 20), b = pool.acquire(&c1, 4 << 20);
+  std::thread more([&] { BouncePool::Lease c = pool.acquire(&c1, 4 << 20); });
+  wait_for_waits(pool, 1);
+  g2.reset();
+  more.join();  // hangs (ctest's timeout) if the closing did not wake it
+}
+
+// Blocks of every size come back together: after any mix of leases, the whole pool can be
+// leased as windows again.
+TEST(BouncePool, FreedBlocksMergeBackIntoWindows) {
+  BouncePool pool(12 << 20, 12 << 20);
+  {
+    std::vector<BouncePool::Lease> v;
+    for (int i = 0; i < 40; ++i) v.push_back(pool.acquire(nullptr, std::size_t{64 << 10} << (i % 3)));
+    for (std::size_t i = 0; i < v.size(); i += 2) v[i].reset();
+  }
+  std::vector<BouncePool::Lease> windows;
+  for (int i = 0; i < 3; ++i) windows.push_back(acquire_within(pool, nullptr, 4 << 20));
+  EXPECT_EQ(pool.stats().leased, std::size_t{12} << 20);
 }
 
 TEST(BouncePool, WaitersAreServedInArrivalOrder) {
@@ -81,13 +159,13 @@ TEST(BouncePool, WaitersAreServedInArrivalOrder) {
     std::lock_guard g(mu);
     order.push_back(1);
   });
-  std::this_thread::sleep_for(50ms);
+  wait_for_waits(pool, 1);
   std::thread small([&] {
     BouncePool::Lease l = pool.acquire(nullptr, 64 << 10);
     std::lock_guard g(mu);
     order.push_back(2);
   });
-  std::this_thread::sleep_for(50ms);
+  wait_for_waits(pool, 2);
   all.reset();
   big.join();
   small.join();
@@ -102,5 +180,6 @@ TEST(BouncePool, MemoryIsReusedNotGrown) {
     l.data()[0] = 0;
   }
   EXPECT_EQ(pool.stats().peak, std::size_t{1} << 20);
+  EXPECT_EQ(pool.stats().resident, std::size_t{1} << 20) << "a new block each time";
   EXPECT_EQ(pool.stats().cached, std::size_t{1} << 20);
 }

@@ -54,7 +54,8 @@ TEST(Control, StatusSwitchAndRefusals) {
   ::close(fd);
   Options o;
   o.file = path;
-  Service service(o);
+  ConnectionSlots slots;
+  Service service(o, slots);
   ::unlink(path);
   std::string st = service.control("status");
   EXPECT_NE(st.find("\"ok\":true"), std::string::npos) << st;

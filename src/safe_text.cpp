@@ -1,7 +1,7 @@
 // The safe encoding of text for terminals and tables; see safe_text.h.
-#include "safe_text.h"
+#include "loopdio/safe_text.h"
 
-namespace loopdio::cli {
+namespace loopdio {
 namespace {
 
 // The length of the valid UTF-8 sequence starting at s[i], 0 when it is not one. Overlong
@@ -50,10 +50,30 @@ std::string safe_encode(std::string_view s) {
   return out;
 }
 
+bool is_utf8(std::string_view s) {
+  for (std::size_t i = 0; i < s.size();) {
+    char32_t cp = 0;
+    std::size_t n = utf8_length(s, i, cp);
+    if (n == 0) return false;
+    i += n;
+  }
+  return true;
+}
+
+bool has_control(std::string_view s) {
+  for (std::size_t i = 0; i < s.size();) {
+    char32_t cp = 0;
+    std::size_t n = utf8_length(s, i, cp);
+    if (n == 0 || is_control(cp)) return true;
+    i += n;
+  }
+  return false;
+}
+
 std::size_t display_width(std::string_view s) {
   std::size_t w = 0;
   for (unsigned char c : s) w += (c & 0xc0) != 0x80;  // lead bytes only
   return w;
 }
 
-}  // namespace loopdio::cli
+}  // namespace loopdio
