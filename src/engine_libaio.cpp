@@ -23,24 +23,43 @@
 
 #include "loopdio/engine.h"
 #include "loopdio/error.h"
+#include "loopdio/log.h"
 #include "loopdio/unique_fd.h"
 
 namespace loopdio {
 namespace {
 
-// The header the kernel maps at the address io_setup returns (fs/aio.c, struct aio_ring).
+// The header the kernel maps at the address io_setup returns. No uapi header declares it:
+// the layout is copied from `struct aio_ring`, AIO_RING_MAGIC and AIO_RING_INCOMPAT_FEATURES
+// in the kernel's fs/aio.c, which aio_setup_ring() fills in; read in the Linux 4.11-5.7
+// source, and unchanged in 6.x (aio_setup_ring, converted to folios, fills the same fields;
+// Linux 6.18 maps exactly this header, nr = 127 for a depth of 8). `ring_is_ours` checks at
+// run time that the mapped header is this layout before any completion is taken from it,
+// so a kernel that changed it costs only the io_getevents fallback.
 struct AioRing {
   unsigned id;
-  unsigned nr;
+  unsigned nr;  // number of io_events in the ring
   unsigned head;
   unsigned tail;
   unsigned magic;
   unsigned compat_features;
   unsigned incompat_features;
-  unsigned header_length;
+  unsigned header_length;  // sizeof(struct aio_ring) of the kernel that made it
   struct io_event events[];
 };
+static_assert(sizeof(AioRing) == 32 && sizeof(struct io_event) == 32);
 constexpr unsigned kAioRingMagic = 0xa10a10a1;
+// The most events a ring can hold: io_setup refuses more than 0x10000000 bytes of events,
+// and aio_setup_ring adds two and rounds up to whole pages.
+constexpr unsigned kAioRingMaxEvents = 0x10000000 / sizeof(struct io_event) + 4096;
+
+// True when the header at `ring` is the layout above, for a context of `depth` slots: the
+// kernel sizes the ring to more than twice the depth (fs/aio.c, ioctx_alloc).
+bool ring_is_ours(const AioRing* ring, unsigned depth) {
+  return ring->magic == kAioRingMagic && ring->incompat_features == 0 &&
+         ring->header_length == sizeof(AioRing) && ring->nr > depth &&
+         ring->nr <= kAioRingMaxEvents && ring->head < ring->nr && ring->tail < ring->nr;
+}
 
 struct Waiter {
   std::atomic<std::size_t> pending;
@@ -84,7 +103,11 @@ class LibaioEngine final : public Engine {
     int r = io_setup(static_cast<int>(depth), &ctx_);
     if (r < 0) throw sys_error("io_setup(" + std::to_string(depth) + ")", -r);
     const auto* ring = reinterpret_cast<const AioRing*>(ctx_);
-    user_reap_ = ring->magic == kAioRingMagic && ring->incompat_features == 0;
+    user_reap_ = ring_is_ours(ring, depth);
+    if (user_reap_)
+      ring_nr_ = ring->nr;
+    else
+      notice("libaio: the kernel's completion ring is not the known layout: using io_getevents");
   }
   ~LibaioEngine() override { io_destroy(ctx_); }
 
@@ -159,9 +182,17 @@ class LibaioEngine final : public Engine {
       unsigned head = ring->head;
       unsigned tail = __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE);
       if (head == tail) return;
-      for (; head != tail; head = (head + 1) % ring->nr) complete(ring->events[head]);
-      __atomic_store_n(&ring->head, head, __ATOMIC_RELEASE);
-      return;
+      if (head < ring_nr_ && tail < ring_nr_) {
+        for (; head != tail; head = (head + 1) % ring_nr_) complete(ring->events[head]);
+        __atomic_store_n(&ring->head, head, __ATOMIC_RELEASE);
+        return;
+      }
+      // An index outside the ring: the header is not what it was checked to be.
+      user_reap_ = false;
+      try {
+        notice("libaio: the completion ring's indexes are out of range: using io_getevents");
+      } catch (...) {
+      }
     }
     struct io_event events[64];
     struct timespec zero = {0, 0};
@@ -192,7 +223,8 @@ class LibaioEngine final : public Engine {
   }
 
   io_context_t ctx_ = nullptr;
-  bool user_reap_ = false;
+  bool user_reap_ = false;  // completions taken from the mapped ring; under reap_mu_
+  unsigned ring_nr_ = 0;    // the ring's size in events, read once when it was checked
   std::mutex reap_mu_;  // one consumer of the completion ring at a time (its head pointer)
 };
 

@@ -2,12 +2,15 @@
 // request and torn down when the thread exits. A request is one io_uring_enter that submits
 // every transfer and waits for them, and with SINGLE_ISSUER|DEFER_TASKRUN the completions
 // are processed in that same call, by the thread that waits for them: no other thread is
-// ever woken. Only what the kernel accepted is waited for; a ring that fails is given up
-// (its requests fail with the error) and replaced at the thread's next request.
+// ever woken. Only what the kernel accepted is waited for, and all of it is, whatever
+// fails: a ring that fails is given up (its requests fail with the error) only once the
+// kernel has completed every transfer it took, and is replaced at the thread's next request.
 #include <liburing.h>
 
-#include <chrono>
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
+#include <cstring>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -16,6 +19,7 @@
 #include "loopdio/engine.h"
 #include "loopdio/engine_uring_hooks.h"
 #include "loopdio/error.h"
+#include "loopdio/log.h"
 
 namespace loopdio {
 namespace {
@@ -104,6 +108,9 @@ class UringEngine final : public Engine {
  private:
   // Transient refusals of io_uring_enter tried again before the ring is given up.
   static constexpr int kMaxTransient = 1000;
+  // Pauses between failing waits for transfers the kernel still owns.
+  static constexpr auto kFirstPause = std::chrono::microseconds(50);
+  static constexpr auto kMaxPause = std::chrono::microseconds(100'000);
 
   static std::unique_ptr<Ring>& thread_ring() {
     thread_local std::unique_ptr<Ring> ring;
@@ -192,16 +199,42 @@ class UringEngine final : public Engine {
     io_uring_cq_advance(ring.get(), n);
   }
 
-  // The ring failed with `err`. What the kernel took is waited for a few times more (it owns
-  // those buffers until it completes them); then every op without a result fails with `err`.
+  // The ring failed with `err`. Every transfer the kernel took still owns its buffer: a late
+  // read would land in memory the caller has reused, a late write would overtake the
+  // client's retry. Closing the ring does not wait for them (io_uring_release only queues
+  // the teardown to a kernel workqueue, io_ring_ctx_wait_and_kill in io_uring/io_uring.c,
+  // and a transfer already at the device cannot be cancelled), so they are waited for here,
+  // for as long as it takes: waiting submits nothing, and a wait that fails is tried again
+  // after a pause that grows to kMaxPause. Then every op without a result fails with `err`.
   void give_up(Ring& ring, Batch& b, int err) {
-    for (int tries = 0; b.inflight > 0 && tries < 3; ++tries) {
+    auto pause = kFirstPause;
+    bool told = false;
+    while (b.inflight > 0) {
       struct io_uring_cqe* cqe = nullptr;
-      if (hooks_.wait_cqe(ring.get(), &cqe) < 0) continue;
+      int r = hooks_.wait_cqe(ring.get(), &cqe);
+      std::size_t before = b.inflight;
       reap(ring, b);
+      if (r == 0 || b.inflight < before || r == -EINTR) {
+        pause = kFirstPause;
+        continue;
+      }
+      if (!told) told = tell_waiting(err, r, b.inflight);
+      std::this_thread::sleep_for(pause);
+      pause = std::min(pause * 2, kMaxPause);
     }
     for (std::size_t i = 0; i < b.ops.size(); ++i)
       if (!b.finished[i]) b.finish(i, err);
+  }
+
+  // Says once why a request is taking long. Always true.
+  static bool tell_waiting(int err, int wait_err, std::size_t inflight) noexcept {
+    try {
+      notice("io_uring: the ring failed (" + std::string(std::strerror(-err)) +
+             "), waiting on it fails (" + std::strerror(-wait_err) + "): waiting for the " +
+             std::to_string(inflight) + " transfers the kernel still holds");
+    } catch (...) {
+    }
+    return true;
   }
 
   unsigned depth_;

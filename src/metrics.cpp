@@ -164,15 +164,18 @@ std::string prometheus_text(const std::vector<ExportMetrics>& exports) {
     for (int c = 0; c < kCmds; ++c) {
       const StatsSnapshot::PerCmd& p = m.stats.cmd[c];
       std::string labels = export_label(m) + ",command=\"" + to_string(static_cast<Cmd>(c)) + "\"";
+      // Every figure of the histogram comes from the buckets, so that it is valid (cumulative,
+      // +Inf == _count) even for statistics whose request count disagrees with them.
       std::uint64_t cumulative = 0;
       for (int b = 0; b < kLatencyBuckets - 1; ++b) {
         cumulative += p.buckets[b];
         w.sample(std::string(h) + "_bucket", labels + ",le=\"" + number(std::ldexp(1e-6, b)) + "\"",
                  static_cast<double>(cumulative));
       }
-      w.sample(std::string(h) + "_bucket", labels + ",le=\"+Inf\"", static_cast<double>(p.requests));
+      cumulative += p.buckets[kLatencyBuckets - 1];
+      w.sample(std::string(h) + "_bucket", labels + ",le=\"+Inf\"", static_cast<double>(cumulative));
       w.sample(std::string(h) + "_sum", labels, static_cast<double>(p.latency_ns) / 1e9);
-      w.sample(std::string(h) + "_count", labels, static_cast<double>(p.requests));
+      w.sample(std::string(h) + "_count", labels, static_cast<double>(cumulative));
     }
   return w.take();
 }

@@ -34,14 +34,15 @@ Stats::Shard& Stats::shard() noexcept {
 void Stats::request(Cmd c, std::uint64_t bytes, std::uint64_t ns, int result) noexcept {
   Shard& s = shard();
   Shard::PerCmd& p = s.cmd[static_cast<int>(c)];
-  p.requests.fetch_add(1, std::memory_order_relaxed);
-  p.latency_ns.fetch_add(ns, std::memory_order_relaxed);
+  // The bucket is the request's one count (see snapshot); its error is counted after it,
+  // with release, so that a snapshot that sees the error also sees the request.
   p.buckets[static_cast<std::size_t>(bucket_of(ns))].fetch_add(1, std::memory_order_relaxed);
+  p.latency_ns.fetch_add(ns, std::memory_order_relaxed);
   if (result == 0) {
     p.bytes.fetch_add(bytes, std::memory_order_relaxed);
     return;
   }
-  p.errors.fetch_add(1, std::memory_order_relaxed);
+  p.errors.fetch_add(1, std::memory_order_release);
   int e = -result;
   s.errors[e > 0 && e < kMaxErrno ? static_cast<std::size_t>(e) : 0].fetch_add(
       1, std::memory_order_relaxed);
@@ -53,11 +54,15 @@ StatsSnapshot Stats::snapshot() const {
     for (int c = 0; c < kCmds; ++c) {
       const Shard::PerCmd& p = s.cmd[c];
       StatsSnapshot::PerCmd& q = r.cmd[c];
-      q.requests += p.requests.load(std::memory_order_relaxed);
+      // Errors first (acquire), then the buckets: a counted error's request is in them.
+      q.errors += p.errors.load(std::memory_order_acquire);
       q.bytes += p.bytes.load(std::memory_order_relaxed);
-      q.errors += p.errors.load(std::memory_order_relaxed);
       q.latency_ns += p.latency_ns.load(std::memory_order_relaxed);
-      for (int b = 0; b < kLatencyBuckets; ++b) q.buckets[b] += p.buckets[b].load(std::memory_order_relaxed);
+      for (int b = 0; b < kLatencyBuckets; ++b) {
+        std::uint64_t n = p.buckets[b].load(std::memory_order_relaxed);
+        q.buckets[b] += n;
+        q.requests += n;
+      }
     }
     for (int e = 0; e < kMaxErrno; ++e) r.errors[e] += s.errors[e].load(std::memory_order_relaxed);
     r.rmw += s.rmw.load(std::memory_order_relaxed);

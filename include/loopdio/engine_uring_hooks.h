@@ -1,6 +1,7 @@
 // The two liburing calls through which the io_uring engine waits, replaceable so that the
 // unit tests can make a ring fail the way a broken kernel or exhausted memory would, and
-// check that no request hangs for ever.
+// check that no request hangs for what the kernel never took, nor ends while the kernel
+// still holds one of its buffers.
 #pragma once
 
 #include <functional>

@@ -2,7 +2,9 @@
 // errors by errno, read-modify-writes, bounced bytes, fallbacks, and a latency histogram per
 // command (log2 buckets of microseconds, from which p50/p99/p99.9 are read). Counters are
 // spread over cache-line-sized shards picked per thread, so worker threads on different CPUs
-// rarely touch the same line; a snapshot adds the shards up.
+// rarely touch the same line; a snapshot adds the shards up. A request is counted once, in
+// its latency bucket, and a snapshot's request count is the sum of the buckets it read: a
+// request counted between two loads cannot make the count and the histogram disagree.
 #pragma once
 
 #include <array>
@@ -22,6 +24,7 @@ constexpr int kMaxErrno = 134;       // errno values counted one by one; larger 
 
 struct StatsSnapshot {
   struct PerCmd {
+    // requests is the sum of buckets; errors <= requests.
     std::uint64_t requests = 0, bytes = 0, errors = 0, latency_ns = 0;
     std::array<std::uint64_t, kLatencyBuckets> buckets{};
     // The latency below which a fraction q of the requests completed, in microseconds
@@ -51,7 +54,7 @@ class Stats {
  private:
   struct alignas(64) Shard {
     struct PerCmd {
-      std::atomic<std::uint64_t> requests{0}, bytes{0}, errors{0}, latency_ns{0};
+      std::atomic<std::uint64_t> bytes{0}, errors{0}, latency_ns{0};
       std::array<std::atomic<std::uint64_t>, kLatencyBuckets> buckets{};
     };
     std::array<PerCmd, kCmds> cmd;

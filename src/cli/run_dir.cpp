@@ -9,6 +9,7 @@
 
 #include <filesystem>
 #include <memory>
+#include <vector>
 
 #include "loopdio/error.h"
 
@@ -42,6 +43,18 @@ std::string distrust(const struct stat& st) {
     return std::string("writable by ") + (st.st_mode & 002 ? "others" : "its group") + " (mode " +
            mode_string(st.st_mode) + ")";
   return "";
+}
+
+// Why `st`, a directory on the way from / to the run directory, is not one loopdio may pass
+// through, empty when it is. Its owner or anyone who may write in it could swap what lies
+// below for another directory or a link, so it must belong to root (or the effective user)
+// and be writable by nobody else, unless it is a sticky directory of root's, like /tmp and
+// /var/tmp, where others may add entries but not rename or remove root's. A symbolic link
+// is never followed: whoever may change it chooses where root writes.
+std::string distrust_parent(const struct stat& st) {
+  if (S_ISLNK(st.st_mode)) return "a symbolic link (name the real directory)";
+  if (S_ISDIR(st.st_mode) && (st.st_mode & S_ISVTX) && st.st_uid == 0) return "";
+  return distrust(st);
 }
 
 UniqueFd open_dir_at(int at, const std::string& name, const std::string& path, const char* advice) {
@@ -87,11 +100,42 @@ std::string read_up_to(int fd, std::size_t limit, const std::string& path) {
   return data;
 }
 
+// Opens the directory that holds `path` (absolute), checking each directory on the way from
+// / with distrust_parent, each opened from the one before without following a link; `last`
+// is set to the name of the run directory in it. Empty when one of them is missing. Throws
+// loopdio::Error naming the first one loopdio may not trust, and why.
+UniqueFd open_parent(const std::string& path, std::string& last) {
+  fs::path p = fs::path(path).lexically_normal();
+  if (!p.is_absolute()) throw Error(path + ": refusing the run directory: not an absolute path");
+  std::vector<std::string> names;
+  for (const fs::path& c : p.relative_path())
+    if (!c.empty()) names.push_back(c.string());
+  last = names.empty() ? "." : names.back();
+  if (!names.empty()) names.pop_back();
+  UniqueFd dir(::open("/", O_PATH | O_DIRECTORY | O_CLOEXEC));
+  std::string walked = "/";
+  for (std::size_t i = 0;; ++i) {
+    if (!dir && errno == ENOENT) return dir;
+    if (!dir) throw sys_error(walked);
+    struct stat st {};
+    if (::fstat(dir.get(), &st) != 0) throw sys_error(walked);
+    if (std::string why = distrust_parent(st); !why.empty())
+      throw Error(path + ": refusing the run directory: " + walked + " on its path is " + why +
+                  kAdvice);
+    if (i == names.size()) return dir;
+    walked += (i ? "/" : "") + names[i];
+    dir = UniqueFd(::openat(dir.get(), names[i].c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+  }
+}
+
 }  // namespace
 
 RunDir::RunDir(std::string path) : path_(std::move(path)) {
   while (path_.size() > 1 && path_.back() == '/') path_.pop_back();
-  fd_ = open_dir_at(AT_FDCWD, path_, path_, kAdvice);
+  std::string name;
+  UniqueFd parent = open_parent(path_, name);
+  if (!parent) return;
+  fd_ = open_dir_at(parent.get(), name, path_, kAdvice);
   if (!fd_) return;
   struct stat st {};
   if (::fstat(fd_.get(), &st) != 0) throw sys_error(path_);
@@ -101,7 +145,10 @@ RunDir::RunDir(std::string path) : path_(std::move(path)) {
 
 void RunDir::create() {
   if (fd_) return;
-  bool made = ::mkdir(path_.c_str(), 0755) == 0;
+  std::string name;
+  UniqueFd parent = open_parent(path_, name);
+  if (!parent) errno = ENOENT;
+  bool made = parent && ::mkdirat(parent.get(), name.c_str(), 0755) == 0;
   if (!made && errno != EEXIST)
     throw Error(
         sys_error(path_).what() +

@@ -1,8 +1,10 @@
 // The run directory (/run/loopdio, or $LOOPDIO_RUN_DIR) and every file loopdio creates, reads
 // or removes in it. Root works there on names that others could have planted, so the
-// directory must belong to root (the effective user) and be writable by nobody else; it is
-// never chmod-ed; every file is opened under the directory's descriptor without following a
-// symbolic link, created O_EXCL, read only when regular and small; nothing outside is removed.
+// directory must belong to root (the effective user) and be writable by nobody else, and so
+// must every directory on its path from / (sticky ones of root's, like /tmp, excepted), with
+// no symbolic link on the way; it is never chmod-ed; every file is opened under the
+// directory's descriptor without following a symbolic link, created O_EXCL, read only when
+// regular and small; nothing outside is removed.
 #pragma once
 
 #include <sys/types.h>
@@ -19,8 +21,9 @@ namespace loopdio::cli {
 
 class RunDir {
  public:
-  // Opens the directory when it exists. Throws loopdio::Error naming the path and the reason
-  // when it is not one loopdio may trust (see above).
+  // Opens the directory when it exists. Throws loopdio::Error naming the path, the directory
+  // at fault (it or one on its path) and the reason when it is not one loopdio may trust
+  // (see above), whether or not it exists yet.
   explicit RunDir(std::string path);
 
   const std::string& path() const { return path_; }

@@ -3,9 +3,14 @@
 # to chmod 0755 whatever directory it was given (a 1777 one lost its sticky bit and stayed
 # writable to all), to unlink whatever paths a state file named (a planted one got root to
 # delete files anywhere), and to open state, temporary and lock files through symbolic links.
+# It also checked only the run directory itself: with another user's symbolic link as a parent,
+# root created run/, .lock and state files wherever the link pointed.
 # Now: a run directory not owned by root, or writable by group or others, is refused with
-# one line and left as it is; a state file's paths outside the directory are never removed;
-# no symbolic link in the directory is followed; private/ must be root's own 0700 directory.
+# one line and left as it is, and so is one with a symbolic link, a directory of another
+# user's, or one writable by group or others on its path (root's sticky ones, like /var/tmp
+# that holds these tests, excepted); a state file's paths outside the directory are never
+# removed; no symbolic link in the directory is followed; private/ must be root's own 0700
+# directory.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/cli_lib.sh"
 require_root
@@ -37,6 +42,35 @@ mkdir -m 0755 "$T/real"
 ln -s "$T/real" "$T/link"
 LOOPDIO_RUN_DIR=$T/link expect_error 2 "$T/link: refusing it: a symbolic link" timeout 20 "$LOOPDIO" list
 pass "run directories writable by others, not root's, or symbolic links: refused, left as they are"
+
+# --- the directories on its path ----------------------------------------------------------
+mkdir -m 0755 "$T/target"
+ln -s "$T/target" "$T/userlink"
+chown -h 65534 "$T/userlink"
+refused "$T/userlink/run" "$T/userlink on its path is a symbolic link"
+ln -s "$T/target" "$T/rootlink"
+refused "$T/rootlink/run" "$T/rootlink on its path is a symbolic link"
+mkdir -m 0755 "$T/target/run"  # an existing run directory behind the link: not used either
+refused "$T/userlink/run" "$T/userlink on its path is a symbolic link"
+[ "$(ls -A "$T/target")" = run ] && [ -z "$(ls -A "$T/target/run")" ] ||
+  fail "files were made through a symbolic link on the run directory's path: $(ls -AR "$T/target")"
+mkdir -m 0755 "$T/home" "$T/home/run"
+chown 65534 "$T/home"
+refused "$T/home/run" "$T/home on its path is owned by uid 65534, not by root"
+mkdir -m 1777 "$T/sticky-theirs"
+chown 65534 "$T/sticky-theirs"
+refused "$T/sticky-theirs/run" "$T/sticky-theirs on its path is owned by uid 65534, not by root"
+mkdir -m 0775 "$T/shared" "$T/shared/run"
+chmod 0755 "$T/shared/run"
+refused "$T/shared/run" "$T/shared on its path is writable by its group (mode 0775)"
+for d in "$T/home/run" "$T/shared/run"; do
+  [ -z "$(ls -A "$d")" ] || fail "files were made in a refused run directory: $d"
+done
+mkdir -m 1777 "$T/tmp"  # like /tmp: sticky, root's
+LOOPDIO_RUN_DIR=$T/tmp/run serve_until_ready "$T/st.out" "$LOOPDIO" serve --unix "$T/st.sock" "$img"
+stop_serve
+[ "$(stat -c %U "$T/tmp/run")" = root ] || fail "no run directory made under a sticky directory of root's"
+pass "a symbolic link, another user's directory or one others can write on the path: refused"
 
 # --- a directory of root's own: used as it is, created 0755 only when missing -------------
 mkdir -m 0700 "$T/private700"
