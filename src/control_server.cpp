@@ -127,17 +127,24 @@ ControlServer::ControlServer(std::string path, Handler handler)
   int r = ::bind(listen_.get(), reinterpret_cast<struct sockaddr*>(&addr), sizeof addr);
   ::umask(old);
   if (r != 0) throw sys_error("control=" + path_ + ": bind");
+  // The file just bound, to remove that one and no successor's. While our socket stays
+  // bound its inode stays allocated, so the number cannot be reused by another socket.
+  struct stat st {};
+  if (::lstat(path_.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+    bound_dev_ = st.st_dev;
+    bound_ino_ = st.st_ino;
+  }
   count_forks();
   forks_at_bind_ = g_forks.load();
   if (::listen(listen_.get(), 16) != 0) {
     Error e = sys_error("control=" + path_ + ": listen");
-    ::unlink(path_.c_str());
+    remove_socket();
     throw e;
   }
   int p[2];
   if (::pipe2(p, O_CLOEXEC) != 0) {
     Error e = sys_error("control: pipe");
-    ::unlink(path_.c_str());
+    remove_socket();
     throw e;
   }
   stop_read_.reset(p[0]);
@@ -146,6 +153,19 @@ ControlServer::ControlServer(std::string path, Handler handler)
 
 bool ControlServer::owner() const { return thread_.joinable() || g_forks.load() == forks_at_bind_; }
 
+// Removes the socket file only if it is still the one this server bound: a successor may
+// have bound its own at the path after ours was removed by someone else. Our listening
+// socket is still open here, so a loopdio successor probing the path finds it alive and
+// does not replace it; the one race left (someone removes ours and a successor binds
+// between the lstat and the unlink) cannot be closed, as unlink has no "if it is this
+// inode" form, and needs a third party acting within microseconds.
+void ControlServer::remove_socket() {
+  struct stat st {};
+  if (bound_ino_ != 0 && ::lstat(path_.c_str(), &st) == 0 && st.st_dev == bound_dev_ &&
+      st.st_ino == bound_ino_)
+    ::unlink(path_.c_str());
+}
+
 ControlServer::~ControlServer() {
   bool mine = owner();
   if (thread_.joinable()) {
@@ -153,7 +173,7 @@ ControlServer::~ControlServer() {
     (void)!::write(stop_write_.get(), &c, 1);
     thread_.join();
   }
-  if (mine) ::unlink(path_.c_str());
+  if (mine) remove_socket();
 }
 
 void ControlServer::start() { thread_ = std::thread([this] { serve(); }); }

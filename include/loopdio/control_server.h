@@ -4,6 +4,8 @@
 // delays nobody, and one that stays idle is dropped.
 #pragma once
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <functional>
 #include <string>
@@ -29,7 +31,8 @@ class ControlServer {
   ControlServer(std::string path, Handler handler);
   ControlServer(const ControlServer&) = delete;
   ControlServer& operator=(const ControlServer&) = delete;
-  // Stops the thread and removes the socket, if this process owns it (see owner()).
+  // Stops the thread and removes the socket, if this process owns it (see owner()) and it is
+  // still the one this server bound.
   ~ControlServer();
 
   // Starts answering, on a thread of its own (call after nbdkit has forked).
@@ -47,6 +50,7 @@ class ControlServer {
   // since (a start that failed before nbdkit forked). A parent that forked nbdkit into the
   // background (or to run --run's command) leaves the socket to the child that serves it.
   bool owner() const;
+  void remove_socket();
 
   std::string path_;
   Handler handler_;
@@ -54,6 +58,8 @@ class ControlServer {
   UniqueFd stop_read_, stop_write_;  // a pipe that wakes the thread to stop
   std::thread thread_;
   std::uint64_t forks_at_bind_ = 0;  // this process's fork count when it bound the socket
+  dev_t bound_dev_ = 0;              // the socket file this server bound: it removes only that
+  ino_t bound_ino_ = 0;
 };
 
 // The one-line reply a live control socket gives to "status", or empty when nothing

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <string>
 
 #include "loopdio/control_server.h"
@@ -94,6 +95,27 @@ TEST(ControlServer, AnIdleClientDelaysNobody) {
   std::string got = read_lines(c.get(), 1);
   EXPECT_NE(got.find("\"got\":\"status\""), std::string::npos) << got;
   EXPECT_LT(Clock::now() - t0, 500ms);
+}
+
+// Timeline of the failure: server A ran; someone removed its socket file; server B started
+// on the same path and bound its own; A exited and unlinked the path, which was B's socket.
+TEST(ControlServer, ASuccessorsSocketSurvivesItsPredecessor) {
+  TempDir d;
+  std::string p = d.path + "/ctl";
+  auto named = [](std::string name) {
+    return [name](std::string_view) { return "{\"server\":\"" + name + "\"}"; };
+  };
+  auto a = std::make_unique<ControlServer>(p, named("A"));
+  a->start();
+  ASSERT_EQ(::unlink(p.c_str()), 0);
+  ControlServer b(p, named("B"));
+  b.start();
+  a.reset();
+  ASSERT_TRUE(exists(p)) << "the predecessor removed its successor's socket";
+  UniqueFd c = connect_to(p);
+  ASSERT_TRUE(c);
+  ASSERT_EQ(::send(c.get(), "status\n", 7, 0), 7);
+  EXPECT_EQ(read_lines(c.get(), 1), "{\"server\":\"B\"}\n");
 }
 
 TEST(ControlServer, ALiveSocketIsNeverTakenOver) {
