@@ -1,6 +1,7 @@
-// The control socket's server: concurrent clients, pipelined commands answered in order,
+// The control socket's server: pipelined commands answered in order, slow commands, idle,
+// trickling and slow-reading clients holding no one else, shutdown with a command running,
 // a live socket never taken over, a stale one replaced, anything else refused, and the
-// socket removed only by the process that owns it.
+// socket removed only by the process that owns it, and only while it is still its own.
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
