@@ -132,7 +132,9 @@ int loopdio_get_ready() {
     g_service = std::make_unique<Service>(g_opts, g_slots);
     if (!g_opts.control.empty())
       g_control = std::make_unique<ControlServer>(
-          g_opts.control, [](std::string_view line) { return g_service->control(line); });
+          g_opts.control, [](std::string_view line) { return g_service->control(line); },
+          // What may wait on a disk (a drain, fdatasync) never takes the last free worker.
+          [](std::string_view line) { return line == "flush" || line.starts_with("set "); });
     return 0;
   }, -1);
 }

@@ -52,6 +52,7 @@ std::vector<ExportDir::Entry> Service::exports() {
 }
 
 void Service::set_direct_io(const std::string& name, bool on) {
+  std::lock_guard lock(switch_mu_);
   if (dir_) {
     if (name.empty()) throw Error("set direct-io: which export? (set direct-io on|off NAME)");
     dir_->set_direct_io(name, on);

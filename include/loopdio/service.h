@@ -5,6 +5,7 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -69,6 +70,9 @@ class Service {
   std::unique_ptr<ExportDir> dir_;   // dir=
   ConnectionSlots& slots_;
   ProcessLimits limits_;
+  std::mutex switch_mu_;  // one direct-I/O switch at a time: the control socket runs
+                          // commands on several threads, and two opposite switches of one
+                          // export must not leave the setting and the backing disagreeing
 };
 
 }  // namespace loopdio

@@ -37,8 +37,9 @@ nbdinfo "nbd://localhost:$port" | grep -q "direct I/O on" || fail "nbdinfo nbd:/
 ! grep -q warning "$T/default.out.err" || { cat "$T/default.out.err"; fail "a warning on loopback"; }
 pass "default: $(tr '\n' ' ' <"$T/where")only, nbd://localhost:$port, with the description, no warning"
 
-# A second server on the same port: one line, exit 2.
-expect_error 2 "cannot listen on localhost:$port: Address already in use" "$LOOPDIO" serve -p "$port" "$img"
+# A second server on the same port (of another image: one writer per image): one line, exit 2.
+truncate -s 16M "$T/other.img"
+expect_error 2 "cannot listen on localhost:$port: Address already in use" "$LOOPDIO" serve -p "$port" "$T/other.img"
 stop_serve
 pass "a busy port: one line"
 
