@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <memory>
 #include <optional>
 #include <string>
@@ -139,6 +140,16 @@ int loopdio_get_ready() {
   }, -1);
 }
 
+// True when nbdkit was started with --timeout (or --time-out, or an abbreviation of
+// either, as getopt_long takes them).
+bool handshake_timeout_given() {
+  std::ifstream in("/proc/self/cmdline");
+  std::string arg;
+  while (std::getline(in, arg, '\0'))
+    if (arg.size() > 3 && arg.starts_with("--ti")) return true;
+  return false;
+}
+
 // The memory and descriptor limits, applied now that nbdkit has forked into the background
 // and started --run's command (which must not inherit them). The descriptors bound the
 // connections: past them nbdkit could not accept, and would spin on accept's EMFILE.
@@ -154,6 +165,10 @@ void apply_limits() {
            " handshakes at once");
   }
   g_service->set_limits(pl);
+  if (!handshake_timeout_given())
+    notice("nbdkit runs without --timeout: a client that stalls in its handshake keeps one of "
+           "the max-handshakes=" + std::to_string(g_slots.max_handshakes()) + " slots until "
+           "it leaves (loopdio serve and the systemd units pass --timeout=10)");
 }
 
 // Threads may start only now: nbdkit has forked (or will not).

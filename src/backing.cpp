@@ -12,22 +12,10 @@
 
 #include "loopdio/align.h"
 #include "loopdio/error.h"
+#include "loopdio/file_kind.h"
 #include "loopdio/safe_text.h"
 
 namespace loopdio {
-namespace {
-
-const char* kind_of(mode_t m) {
-  if (S_ISDIR(m)) return "a directory";
-  if (S_ISFIFO(m)) return "a FIFO";
-  if (S_ISSOCK(m)) return "a socket";
-  if (S_ISCHR(m)) return "a character device";
-  if (S_ISLNK(m)) return "a symbolic link";
-  return "not a regular file";
-}
-
-}  // namespace
-
 std::string human_size(std::uint64_t b) {
   static const char* units[] = {"KiB", "MiB", "GiB", "TiB", "PiB"};
   if (b < 1024) return std::to_string(b) + (b == 1 ? " byte" : " bytes");
@@ -88,7 +76,7 @@ void Backing::open_fd(int dirfd, const std::string& name) {
   if (::fstatat(dirfd, name.c_str(), &st, nofollow ? AT_SYMLINK_NOFOLLOW : 0) != 0)
     throw sys_error("file=" + path);
   if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
-    throw Error("file=" + path + ": is " + kind_of(st.st_mode) +
+    throw Error("file=" + path + ": is " + file_kind(st.st_mode) +
                 ", not a regular file or block device");
   const int flags = O_CLOEXEC | O_NOCTTY | O_NONBLOCK | nofollow;
   if (opts_.readonly) {

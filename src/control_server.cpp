@@ -21,6 +21,7 @@
 #include <cstring>
 
 #include "loopdio/error.h"
+#include "loopdio/file_kind.h"
 #include "loopdio/json.h"
 #include "loopdio/log.h"
 
@@ -50,15 +51,6 @@ struct sockaddr_un socket_address(const std::string& path) {
   return addr;
 }
 
-const char* kind_of(mode_t m) {
-  if (S_ISREG(m)) return "a regular file";
-  if (S_ISDIR(m)) return "a directory";
-  if (S_ISLNK(m)) return "a symbolic link";
-  if (S_ISFIFO(m)) return "a FIFO";
-  if (S_ISCHR(m) || S_ISBLK(m)) return "a device node";
-  return "not a socket";
-}
-
 // Makes room for the socket at `path`, or says why not.
 void clear_path(const std::string& path) {
   struct stat st {};
@@ -67,7 +59,7 @@ void clear_path(const std::string& path) {
     throw sys_error("control=" + path);
   }
   if (!S_ISSOCK(st.st_mode))
-    throw Error("control=" + path + ": exists and is not a socket (" + kind_of(st.st_mode) +
+    throw Error("control=" + path + ": exists and is not a socket (" + file_kind(st.st_mode) +
                 "); remove it or choose another path");
   std::string reply = query_control(path, "status", std::chrono::milliseconds(1000));
   if (!reply.empty()) {

@@ -1,7 +1,7 @@
 // The alignment layer: turns any NBD read or write (any offset, length and buffer address)
 // into kernel transfers that obey the backing's direct-I/O alignment. Aligned requests go
 // straight to the engine from the client's buffer; the rest go through aligned bounce
-// buffers from the export's bounded pool, one window at a time, and writes that cover part
+// buffers from the server's bounded pool, one window at a time, and writes that cover part
 // of a block read that block first
 // (read-modify-write) under an exclusive range lock. The planning is pure and unit-tested;
 // AlignedIo executes a plan against any Engine.

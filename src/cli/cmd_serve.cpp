@@ -9,6 +9,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 
@@ -41,13 +42,30 @@ const CommandHelp kHelp = {
 
 // nbdkit's stderr, line by line. Until the export is ready its lines are held: they are
 // relayed once it is (the plugin's notices: a fallback, direct I/O refused), or, when
-// nbdkit exits first, become loopdio's one-line reason. Afterwards each is relayed as read.
+// nbdkit exits first, become loopdio's one-line reason. Afterwards each is relayed as read,
+// up to kBurst lines a second: a flood (clients refused by the thousand, requests failing
+// with ENOMEM, accept failing at the descriptor limit) is counted, not written, and the
+// count said once a second, so no client can fill the disk with the log.
 class StderrRelay {
+ public:
+  static constexpr int kBurst = 20;
+
  public:
   explicit StderrRelay(UniqueFd fd) : fd_(std::move(fd)) { ::fcntl(fd_.get(), F_SETFL, O_NONBLOCK); }
   int fd() const { return fd_.get(); }
   bool open() const { return static_cast<bool>(fd_); }
   const std::string& held() const { return held_; }
+
+  // Says how many lines were held back in the second that ended.
+  void tick() {
+    auto now = std::chrono::steady_clock::now();
+    if (now - window_ < std::chrono::seconds(1)) return;
+    if (suppressed_)
+      std::fprintf(stderr, "loopdio: %d lines of nbdkit's log left out in the last second\n",
+                   suppressed_);
+    window_ = now;
+    in_window_ = suppressed_ = 0;
+  }
 
   void pump() {
     char buf[4096];
@@ -63,6 +81,10 @@ class StderrRelay {
         line(pending_.substr(0, nl + 1));
         pending_.erase(0, nl + 1);
       }
+      if (pending_.size() > (64u << 10)) {  // no end of line in sight: a line of its own
+        line(pending_ + "\n");
+        pending_.clear();
+      }
     }
   }
 
@@ -75,15 +97,22 @@ class StderrRelay {
 
  private:
   void line(const std::string& l) {
-    if (ready_)
+    if (!ready_) {
+      if (held_.size() < (64u << 10)) held_ += l;  // what explains a failed start comes first
+      return;
+    }
+    tick();
+    if (++in_window_ <= kBurst)
       std::fputs(l.c_str(), stderr);
     else
-      held_ += l;
+      ++suppressed_;
   }
 
   UniqueFd fd_;
   std::string pending_, held_;
   bool ready_ = false;
+  std::chrono::steady_clock::time_point window_ = std::chrono::steady_clock::now();
+  int in_window_ = 0, suppressed_ = 0;
 };
 
 // SIGINT, SIGTERM, SIGHUP and SIGCHLD arrive on a descriptor instead of interrupting.
@@ -135,6 +164,7 @@ struct ServeLoop {
         stopping = true;
       }
       if (relay.open() && fds[1].revents) relay.pump();
+      if (ready) relay.tick();
       if ((code = child.try_wait())) break;
       if (!ready && !stopping) become_ready(deadline);
     }

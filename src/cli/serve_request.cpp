@@ -26,12 +26,20 @@ void apply_limits(const po::variables_map& vm, ServerSpec& s) {
     if (t < 1 || t > 1024) throw UsageError("serve: --threads: expected 1 to 1024");
     s.threads = t;
   }
-  if (vm.count("max-connections")) {
+  for (const char* key : {"max-connections", "max-connections-per-export", "max-handshakes",
+                          "memory-max", "aio-events"}) {
+    if (!vm.count(key)) continue;
     try {
-      apply_option(s.opts, "max-connections", vm["max-connections"].as<std::string>());
+      apply_option(s.opts, key, vm[key].as<std::string>());
     } catch (const Error& e) {
       throw UsageError(std::string("--") + e.what());
     }
+  }
+  if (vm.count("devices")) s.opts.devices = true;
+  if (vm.count("timeout")) {
+    unsigned t = vm["timeout"].as<unsigned>();
+    if (t > 3600) throw UsageError("serve: --timeout: expected 0 (none) to 3600 seconds");
+    s.handshake_timeout = t;
   }
 }
 
@@ -127,7 +135,25 @@ po::options_description serve_options() {
       ("threads,t", po::value<unsigned>()->value_name("N"),
        "nbdkit's worker threads (nbdkit --threads; default nbdkit's, 16).")
       ("max-connections", po::value<std::string>()->value_name("N"),
-       "Refuse client connections beyond N at a time (plugin max-connections=; default 64).");
+       "Connections serving exports at once; more are refused at the handshake (plugin "
+       "max-connections=; default 64).")
+      ("max-connections-per-export", po::value<std::string>()->value_name("N"),
+       "Of them, to one export (plugin max-connections-per-export=; default all for an "
+       "image, half for a directory).")
+      ("max-handshakes", po::value<std::string>()->value_name("N"),
+       "Connections still negotiating or listing exports (plugin max-handshakes=; default "
+       "16); more are closed at once.")
+      ("timeout", po::value<unsigned>()->value_name("SECONDS"),
+       "Drop a client that has not finished its handshake within SECONDS (nbdkit "
+       "--timeout; default 10, 0 for none).")
+      ("memory-max", po::value<std::string>()->value_name("SIZE"),
+       "The server's private memory, nbdkit's request buffers included (plugin memory-max=; "
+       "default 2G, none for no limit); past it requests fail with ENOMEM.")
+      ("aio-events", po::value<std::string>()->value_name("N"),
+       "Kernel AIO events the server may hold of the host's fs.aio-max-nr (plugin "
+       "aio-events=; default 4096, 64 per open export).")
+      ("devices",
+       "Serving a directory: its block device nodes are exports too (plugin devices=1).");
   // clang-format on
   return d;
 }

@@ -22,6 +22,7 @@ std::vector<std::string> nbdkit_command(const ServerSpec& s, const std::string& 
   if (s.exit_with_parent) a.push_back("--exit-with-parent");
   if (s.read_only) a.push_back("-r");
   if (s.threads) a.insert(a.end(), {"--threads", std::to_string(*s.threads)});
+  if (s.handshake_timeout) a.push_back("--timeout=" + std::to_string(s.handshake_timeout));
   if (!s.unix_socket.empty()) {
     a.insert(a.end(), {"-U", s.unix_socket});
   } else {
@@ -49,6 +50,14 @@ std::vector<std::string> nbdkit_command(const ServerSpec& s, const std::string& 
   if (o.readonly) a.push_back("readonly=1");
   if (o.max_connections != kDefaultMaxConnections)
     a.push_back("max-connections=" + std::to_string(o.max_connections));
+  if (o.max_connections_per_export)
+    a.push_back("max-connections-per-export=" + std::to_string(o.max_connections_per_export));
+  if (o.max_handshakes != kDefaultMaxHandshakes)
+    a.push_back("max-handshakes=" + std::to_string(o.max_handshakes));
+  if (o.memory_max != kDefaultMemoryMax)
+    a.push_back("memory-max=" + (o.memory_max ? std::to_string(o.memory_max) : "none"));
+  if (o.aio_events != kDefaultAioEvents) a.push_back("aio-events=" + std::to_string(o.aio_events));
+  if (o.devices) a.push_back("devices=1");
   a.push_back("control=" + o.control);
   if (!s.export_name.empty())
     a.insert(a.end(), {"exportname-list=explicit", "exportname-strict=true", "exportname=" + s.export_name});

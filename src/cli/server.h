@@ -14,6 +14,8 @@
 
 namespace loopdio::cli {
 
+inline constexpr unsigned kDefaultHandshakeTimeout = 10;  // seconds
+
 struct ServerSpec {
   std::string nbdkit;           // the program (find_nbdkit)
   Options opts;                 // file (absolute), plugin options and control
@@ -25,6 +27,9 @@ struct ServerSpec {
   std::string tls_psk;          // --tls-psk=FILE
   std::string tls_certificates; // --tls-certificates=DIR
   std::optional<unsigned> threads;  // nbdkit --threads
+  // nbdkit --timeout: a client that has not finished its handshake by then is dropped, so
+  // that stalled ones cannot keep the handshake slots (max-handshakes=) forever.
+  unsigned handshake_timeout = kDefaultHandshakeTimeout;
   bool exit_with_parent = false;
 };
 

@@ -65,6 +65,22 @@ expect_refusal "control=$T/nodir/ctl: bind: No such file or directory" -- file="
 expect_refusal "path too long for a Unix socket" -- file="$img" control="$T/$(printf 'x%.0s' $(seq 120))"
 expect_refusal "max-connections=0: expected 1 to 4096 connections" -- file="$img" max-connections=0
 expect_refusal "bounce-total=100k: must be at least 1M" -- file="$img" bounce-total=100k
+expect_refusal "max-handshakes=0: expected 1 to 4096 connections" -- file="$img" max-handshakes=0
+expect_refusal "max-connections-per-export=65 is larger than max-connections=64" -- \
+  file="$img" max-connections-per-export=65
+expect_refusal "memory-max=100M: must be at least 512M" -- file="$img" memory-max=100M
+expect_refusal "memory-max=-1: not a size" -- file="$img" memory-max=-1
+expect_refusal "is more than a quarter of memory-max=" -- file="$img" memory-max=512M bounce-total=256M
+expect_refusal "aio-events=8: expected 16 to 1048576 events" -- file="$img" aio-events=8
+expect_refusal "devices= applies to dir=" -- file="$img" devices=1
+# One writer per image: a second server on an image another one serves.
+nbdkit -f -U "$T/first.sock" "$PLUGIN" file="$img" 2>"$T/first.log" &
+first=$!
+at_exit "kill $first"
+wait_until 10 test -S "$T/first.sock" || fail "the first server did not start"
+expect_refusal "served by another process already" -- file="$img"
+kill $first
+wait $first || true
 expect_refusal "bounce-per-connection=33554432 is larger than bounce-total=16777216" -- file="$img" bounce-total=16M bounce-per-connection=32M
 expect_refusal "readonly=maybe: expected 1 (yes) or 0 (no)" -- file="$img" readonly=maybe
 expect_refusal "file= and dir= exclude each other" -- file="$img" dir="$T"
