@@ -77,30 +77,28 @@ def listing(h):
     return names
 
 
-def check_listings(sock, want, threads, per_thread, per_connection=100):
-    """`threads` threads list the exports `per_thread` times each, all at once, on
-    connections in option mode doing `per_connection` listings each. Returns the number of
-    listings that were not exactly `want` (sorted names) and the first such."""
+def check_listings(sock, want, threads, per_thread):
+    """`threads` threads list the exports `per_thread` times each, all at once, each listing
+    on a connection of its own in option mode (nbdkit answers one listing per connection).
+    Returns the number of listings that were not exactly `want` (sorted names) and the
+    first such."""
     bad, first = [0], []
     lock = threading.Lock()
     barrier = threading.Barrier(threads)
 
     def worker(k):
         barrier.wait()
-        done = 0
-        while done < per_thread:
+        for _ in range(per_thread):
             h = nbd.NBD()
             h.set_opt_mode(True)
             h.connect_unix(sock)
-            for _ in range(min(per_connection, per_thread - done)):
-                got = listing(h)
-                done += 1
-                if got != want:
-                    with lock:
-                        bad[0] += 1
-                        if not first:
-                            first.append(got)
+            got = listing(h)
             h.opt_abort()
+            if got != want:
+                with lock:
+                    bad[0] += 1
+                    if not first:
+                        first.append(got)
 
     nbdtest.run_threads(worker, threads)
     return bad[0], (first[0] if first else None)
@@ -144,3 +142,64 @@ def fds_of(pid, path):
         except FileNotFoundError:
             pass
     return sorted(fds)
+
+
+class HeldOpenat:
+    """strace attached to the threads process `pid` has now, and not to those it starts
+    later (a new connection's), holding each of them `seconds` at the entry of its first
+    openat: the time for another thread to act between a check and the open that follows.
+    `wait(name)` returns once one of them is held at an openat of `name` (read from the
+    process's memory). For a `with` block; it detaches on exit."""
+
+    OPENAT = 257  # x86_64
+
+    def __init__(self, pid, seconds, out):
+        self.pid, self.seconds, self.out = pid, seconds, out
+
+    def __enter__(self):
+        self.tids = sorted(os.listdir(f"/proc/{self.pid}/task"))
+        self.err = self.out + ".err"
+        attach = [a for t in self.tids for a in ("-p", t)]
+        with open(self.err, "w") as err:
+            self.proc = subprocess.Popen(
+                ["strace", "-e", "trace=openat",
+                 "-e", f"inject=openat:delay_enter={int(self.seconds * 1e6)}:when=1",
+                 "-o", self.out] + attach, stderr=err)
+
+        def attached():
+            said = open(self.err).read()
+            return self.proc.poll() is not None or all(
+                f"Process {t} attached" in said or f"ptrace(PTRACE_SEIZE, {t})" in said
+                for t in self.tids)
+        wait_for("strace to attach to every thread", attached)
+        if self.proc.poll() is not None:
+            raise AssertionError(f"strace exited: {open(self.err).read()}")
+        return self
+
+    def held_at(self, tid):
+        """The path of the openat thread `tid` is held at, or None."""
+        try:
+            with open(f"/proc/{self.pid}/task/{tid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            with open(f"/proc/{self.pid}/task/{tid}/syscall") as f:
+                call = f.read().split()
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        if state != "t" or not call or call[0] != str(self.OPENAT):
+            return None
+        with open(f"/proc/{self.pid}/mem", "rb") as mem:
+            mem.seek(int(call[2], 16))
+            return mem.read(4096).split(b"\0", 1)[0].decode(errors="replace")
+
+    def wait(self, name, timeout=60.0):
+        """Until a traced thread is held at an openat of `name` (or of a path ending
+        in /name)."""
+        def held():
+            return any(p is not None and (p == name or p.endswith("/" + name))
+                       for p in map(self.held_at, self.tids))
+        wait_for(f"an openat of {name} to be held", held, timeout)
+
+    def __exit__(self, *exc):
+        self.proc.send_signal(signal.SIGINT)  # detaches; a held thread goes on
+        self.proc.wait(timeout=60)
+        return False
