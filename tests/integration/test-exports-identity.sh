@@ -3,12 +3,13 @@
 # its range locks: connections alternating between the names, writing their own bytes of
 # the same 512-byte blocks at once with direct I/O, lose no update (each name with its own
 # export and locks lost some in most runs). A writable image is served by one process: a
-# second server refuses to start, with the reason; a read-only one may. A name whose file
-# is replaced while a client holds it: a symbolic link put in its place is refused, a new
-# file put in its place is what new clients get, while the old client keeps its old file.
+# second server refuses to start, with the reason (a directory server refuses it to its
+# clients); a read-only one may. A name whose file is replaced while a client holds it: a
+# symbolic link put in its place is refused, a new file put in its place is what new
+# clients get, while the old client keeps its old file.
 source "$(dirname "$0")/lib.sh"
 require_root
-require nbdkit strace
+require nbdkit
 
 ext4=$(make_fs ext4 256M)
 d=$ext4/images
@@ -73,6 +74,8 @@ wait $second || rc=$?
 [ $rc -ne 0 ] || fail "the second server exited 0"
 n=$(grep -c "served by another process already" "$T/second.log" || true)
 [ "$n" = 1 ] || { cat "$T/second.log" >&2; fail "the reason is on $n lines, not one"; }
+grep -qF "$img: served by another process already" "$T/second.log" ||
+  { cat "$T/second.log" >&2; fail "the reason does not name the image"; }
 echo "  $(grep "served by another process already" "$T/second.log")"
 # A read-only server of the same image starts, and reads what the first one's client wrote
 # and flushed.
@@ -87,6 +90,15 @@ r = nbd.NBD(); r.connect_unix(second)
 assert r.is_read_only(), "the second server is writable"
 assert r.pread(65536, 1 << 20) == data, "the read-only server does not read what was written"
 r.shutdown(); w.shutdown()
+PY
+# A directory server whose directory holds the image: its export is refused to clients,
+# with the same reason.
+start_server -- dir="$ext4"
+$PYTHON - "$SOCK" <<'PY' || fail "a directory server of the image"
+import sys, nbdtest
+said = nbdtest.refusal(sys.argv[1], "one.img")
+assert "served by another process already" in said, said
+print(f"  dir=: one.img refused: {said}")
 PY
 pass "two writable servers of one image: the second refused with its reason; a read-only one reads"
 
