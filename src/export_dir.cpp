@@ -113,6 +113,7 @@ std::vector<ExportDir::Entry> ExportDir::list() {
     if (live) {
       e.open = true;
       e.description = live->describe();
+      e.live = live;
     } else if (auto d = descriptions_.find(id); d != descriptions_.end()) {
       e.description = d->second;
     } else {
@@ -197,13 +198,6 @@ std::vector<std::shared_ptr<Export>> ExportDir::open_exports() {
   return v;
 }
 
-bool ExportDir::stale(const Export& x) const {
-  struct stat now {}, served {};
-  return ::fstatat(dirfd_.get(), x.name().c_str(), &now, AT_SYMLINK_NOFOLLOW) != 0 ||
-         ::fstat(x.backing().fd(), &served) != 0 || now.st_dev != served.st_dev ||
-         now.st_ino != served.st_ino;
-}
-
 void ExportDir::set_direct_io(const std::string& name, bool on) {
   std::vector<std::shared_ptr<Export>> targets;
   {
@@ -217,8 +211,13 @@ void ExportDir::set_direct_io(const std::string& name, bool on) {
       return std::none_of(opening_.begin(), opening_.end(),
                           [&](const auto& kv) { return kv.second == name; });
     });
-    for (auto& [id, w] : open_)
-      if (auto x = w.lock(); x && x->name() == name) targets.push_back(std::move(x));
+    struct stat st {};
+    const bool exists = ::fstatat(dirfd_.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
+    for (auto& [id, w] : open_) {
+      auto x = w.lock();
+      if (x && ((exists && id == FileId{st.st_dev, st.st_ino}) || x->name() == name))
+        targets.push_back(std::move(x));
+    }
     if (targets.empty()) {
       // Not open: it must exist, and be able to do what is asked.
       try {

@@ -131,13 +131,11 @@ Json Service::status() {
   std::vector<std::shared_ptr<Export>> open = dir_->open_exports();
   for (const ExportDir::Entry& n : dir_->list()) {
     Json e;
-    auto x = std::find_if(open.begin(), open.end(), [&](const auto& x) {
-      return x->name() == n.name && !dir_->stale(*x);
-    });
-    if (x != open.end()) {
-      (*x)->status(e);
+    if (n.live) {  // its file is open, whichever of its names opened it
+      n.live->status(e);
+      put_path(e, "name", n.name);
       e["open"] = true;
-      open.erase(x);
+      std::erase(open, n.live);
     } else {
       put_path(e, "name", n.name);
       put_path(e, "file", opts_.dir + "/" + n.name);

@@ -39,6 +39,7 @@ class ExportDir {
     std::string name;
     std::string description;  // the export's own when it is open or was, else from stat
     bool open = false;
+    std::shared_ptr<Export> live;  // the open export of the file the name leads to
   };
   // The exports now, sorted by name: regular files (and, with devices=1, block devices)
   // directly in the directory; not symbolic links, hidden names, names that are not UTF-8 or
@@ -56,9 +57,8 @@ class ExportDir {
   std::shared_ptr<Export> acquire(const std::string& name);
   // Every open export.
   std::vector<std::shared_ptr<Export>> open_exports();
-  // True when `x`'s name no longer leads to its file (renamed, replaced or deleted).
-  bool stale(const Export& x) const;
-  // Switches direct I/O of every open export of `name` now, and of its next opening.
+  // Switches direct I/O of the open export of the file `name` leads to (and of those still
+  // open through that name after their file was replaced) now, and of its next opening.
   void set_direct_io(const std::string& name, bool on);
 
   // The statistics of every export that has been opened, by name.
