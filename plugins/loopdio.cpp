@@ -370,6 +370,7 @@ int loopdio_cache(void* h, uint32_t count, uint64_t offset, uint32_t) {
 void loopdio_dump_plugin() {
   std::printf("loopdio_version=%s\n", kVersion);
   std::printf("loopdio_nbdkit_version=%s\n", kNbdkitVersion);
+  std::printf("loopdio_nbdkit_origin=%s\n", kNbdkitOrigin);
   std::printf("loopdio_engines=libaio,%ssync\n", kHaveUring ? "io_uring," : "");
 }
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Configures and builds loopdio into build/ (or $LOOPDIO_BUILD_DIR), with warnings as errors.
+# Configures and builds loopdio into build/ (or $LOOPDIO_BUILD_DIR), with warnings as errors
+# (LOOPDIO_WERROR, off for a plain cmake build).
 # Arguments --target=NAME build only that target (and what it needs); the others go to
 # cmake's configure step (e.g. -DLOOPDIO_SANITIZE=address,undefined).
 set -euo pipefail
@@ -13,5 +14,5 @@ for a in "$@"; do
   esac
 done
 cmake -S "$top" -B "$build" -DCMAKE_BUILD_TYPE=${LOOPDIO_BUILD_TYPE:-RelWithDebInfo} \
-  "${configure[@]}" >/dev/null
+  -DLOOPDIO_WERROR=ON "${configure[@]}" >/dev/null
 cmake --build "$build" -j "$(nproc)" "${targets[@]}"

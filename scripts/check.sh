@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: install what is missing, build (warnings are errors), run the unit
-# and integration tests, then an ASan+UBSan build and a TSan build, each running the unit
-# tests and the data-integrity integration tests. Run as root: the integration tests make
-# loop devices and filesystems. `.ci/run` calls exactly this.
+# The whole test suite: install what is missing, make a Release build (what users build;
+# warnings are errors), run the unit and integration tests, then an ASan+UBSan build and a
+# TSan build, each running the unit tests and the data-integrity integration tests. Run as
+# root: the integration tests make loop devices and filesystems. `.ci/run` calls exactly this.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 "$top/scripts/deps.sh"
@@ -20,7 +20,7 @@ run_suite() {  # run_suite BUILD-DIR CTEST-ARGS... [-- CMAKE-ARGS...]
 }
 
 build=${LOOPDIO_BUILD_DIR:-$top/build}
-run_suite "$build" ${LOOPDIO_CTEST_ARGS:-}
+run_suite "$build" ${LOOPDIO_CTEST_ARGS:-} -- -DCMAKE_BUILD_TYPE=Release
 [ "${LOOPDIO_SKIP_SANITIZERS:-}" = 1 ] && exit 0
 # The sanitized builds run the unit and data tests: they need the plugin, the unit tests and
 # the tests' own tools, not the command.

@@ -10,7 +10,7 @@ packages=(
   build-essential cmake pkg-config libaio-dev liburing-dev libnbd-dev nlohmann-json3-dev
   libboost-program-options-dev googletest libgtest-dev libfuse3-dev
   # what scripts/nbdkit.sh needs to build nbdkit from source
-  dpkg-dev libgnutls28-dev zlib1g-dev
+  dpkg-dev autoconf automake libtool libgnutls28-dev zlib1g-dev
   # run and test
   libnbd-bin python3-libnbd nbd-client qemu-utils fio xfsprogs e2fsprogs util-linux
   fuse3 gnutls-bin systemd systemd-container procps psmisc kmod strace

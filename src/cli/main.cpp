@@ -69,8 +69,8 @@ int main(int argc, char* argv[]) {
       return kExitOk;
     }
     if (name == "--version" || name == "-V") {
-      std::printf("loopdio %s (built against nbdkit %s)\n", loopdio::kVersion,
-                  loopdio::kNbdkitVersion);
+      std::printf("loopdio %s (built against nbdkit %s)\nnbdkit %s (%s)\n", loopdio::kVersion,
+                  loopdio::kNbdkitVersion, loopdio::kNbdkitVersion, loopdio::kNbdkitOrigin);
       return kExitOk;
     }
     const Command* c = find_command(name);

@@ -3,12 +3,15 @@
 # disk once connection B's flush returns, for buffered and direct I/O and every engine.
 # "On the disk" is asked of the kernel, not read back (a read finds the data in a cache
 # either way, so the test passed with flush a no-op): the image's filesystem sits on a loop
-# device whose backing file is its volatile write cache, and cachestat(2) counts the pages
-# of the image and of the blocks under the written bytes (FIBMAP) that are dirty or under
-# writeback. Before B's flush they must be there (else the write is retried: the kernel
-# wrote them back on its own), after it none. The journal commits only every 10 minutes, so
-# nothing but B's flush sends the loop device a flush meanwhile. The same check against a
-# server whose fdatasync does nothing (tests/tools' nosync.so) must fail.
+# device whose backing file is its volatile write cache, and the kernel's page flags count
+# the pages of the image and of the blocks under the written bytes (FIBMAP) that are dirty
+# or under writeback: each page in the page cache (mincore) is mapped read-only, its frame
+# read from /proc/self/pagemap and its flags from /proc/kpageflags, which every kernel since
+# 2.6.25 has (cachestat(2) would need 6.5; Debian 12 runs 6.1). Before B's flush they must
+# be there (else the write is retried: the kernel wrote them back on its own), after it
+# none. The journal commits only every 10 minutes, so nothing but B's flush sends the loop
+# device a flush meanwhile. The same check against a server whose fdatasync does nothing
+# (tests/tools' nosync.so) must fail.
 source "$(dirname "$0")/lib.sh"
 require_root
 require nbdkit
@@ -25,12 +28,30 @@ flush_check() {  # durable|not-durable: runs the check on $URI
 import ctypes, errno, fcntl, os, struct, sys, nbd, nbdtest
 uri, img, backing, want = sys.argv[1:]
 MIB = 1 << 20
+PAGE = os.sysconf("SC_PAGE_SIZE")
+KPF_DIRTY, KPF_WRITEBACK = 1 << 4, 1 << 8  # include/uapi/linux/kernel-page-flags.h
 libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+try:
+    pagemap = os.open("/proc/self/pagemap", os.O_RDONLY)
+    kpageflags = os.open("/proc/kpageflags", os.O_RDONLY)
+except FileNotFoundError as e:  # a kernel built without CONFIG_PROC_PAGE_MONITOR
+    print(f"{e.filename}: {e.strerror}", file=sys.stderr)
+    sys.exit(77)
 
 
-class Cachestat(ctypes.Structure):
-    _fields_ = [(f, ctypes.c_uint64) for f in ("cache", "dirty", "writeback", "evicted",
-                                                 "recently_evicted")]
+def u64(fd, index):
+    return struct.unpack("Q", os.pread(fd, 8, index * 8))[0]
+
+
+def check(ret, what):
+    if ret != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
 
 
 def unsettled(path, ranges):
@@ -39,13 +60,27 @@ def unsettled(path, ranges):
     try:
         n = 0
         for off, length in ranges:
-            r, cs = (ctypes.c_uint64 * 2)(off, length), Cachestat()
-            if libc.syscall(451, fd, ctypes.byref(r), ctypes.byref(cs), 0) != 0:  # cachestat
-                e = ctypes.get_errno()
-                if e == errno.ENOSYS:
-                    sys.exit(77)
-                raise OSError(e, os.strerror(e))
-            n += cs.dirty + cs.writeback
+            start = off // PAGE * PAGE
+            size = -(-(off + length) // PAGE) * PAGE - start
+            addr = libc.mmap(None, size, 1, 1, fd, start)  # PROT_READ, MAP_SHARED
+            if addr in (None, ctypes.c_void_p(-1).value):
+                check(-1, f"mmap {path}")
+            try:
+                vec = ctypes.create_string_buffer(size // PAGE)
+                check(libc.mincore(addr, size, vec), "mincore")
+                for i in range(size // PAGE):
+                    if not vec.raw[i] & 1:
+                        continue  # not in the page cache, so neither dirty nor under writeback
+                    va = addr + i * PAGE
+                    ctypes.string_at(va, 1)  # a read fault maps the cached page as it is
+                    entry = u64(pagemap, va // PAGE)
+                    if not entry >> 63:
+                        continue  # evicted since: it was clean
+                    pfn = entry & ((1 << 55) - 1)
+                    assert pfn, "pagemap gives no page frame numbers (needs CAP_SYS_ADMIN)"
+                    n += bool(u64(kpageflags, pfn) & (KPF_DIRTY | KPF_WRITEBACK))
+            finally:
+                libc.munmap(addr, size)
         return n
     finally:
         os.close(fd)
@@ -106,7 +141,7 @@ run() {  # durable|not-durable DIRECTIO ENGINE
   local rc=0
   assert_engine "$URI" "$3"
   flush_check "$1" || rc=$?
-  [ $rc -ne 77 ] || kernel_lacks "no cachestat(2) (Linux 6.5)"
+  [ $rc -ne 77 ] || kernel_lacks "no /proc/kpageflags (CONFIG_PROC_PAGE_MONITOR)"
   [ $rc -eq 0 ] || fail "directio=$2 $3: flush on one connection, the other's write"
   stop_server
 }

@@ -22,7 +22,7 @@ status_before=$(git_status)
 # into build/.
 cpack --config "$LOOPDIO_BUILD/CPackConfig.cmake" -B "$T/pkg" >"$T/cpack.log" 2>&1 ||
   { cat "$T/cpack.log"; fail "cpack"; }
-version=$("$LOOPDIO_BUILD/loopdio" --version | awk '{ print $2 }')
+version=$("$LOOPDIO_BUILD/loopdio" --version | awk 'NR == 1 { print $2 }')
 # One version, from CMake's project version, in the command and the plugin, with the nbdkit
 # both were built against.
 dump=$(nbdkit "$LOOPDIO_BUILD/loopdio.so" --dump-plugin)
@@ -31,6 +31,19 @@ built=$(awk -F= '$1 == "loopdio_nbdkit_version" { print $2 }' <<<"$dump")
 "$LOOPDIO_BUILD/loopdio" --version | grep -qx "loopdio $version (built against nbdkit $built)" ||
   fail "loopdio --version: $("$LOOPDIO_BUILD/loopdio" --version), plugin built against nbdkit $built"
 pass "loopdio --version and --dump-plugin: $version, built against nbdkit $built"
+# And where that nbdkit came from, the same in both: the stamp's origin when
+# scripts/nbdkit.sh built it (cmake/NbdkitOrigin.cmake).
+origin=$(sed -n 's/^loopdio_nbdkit_origin=//p' <<<"$dump")
+[ -n "$origin" ] || fail "--dump-plugin: no loopdio_nbdkit_origin: $dump"
+"$LOOPDIO_BUILD/loopdio" --version | grep -qxF "nbdkit $built ($origin)" ||
+  fail "loopdio --version: $("$LOOPDIO_BUILD/loopdio" --version), the plugin's origin $origin"
+nbdkit_prefix=$(pkg-config --variable=prefix nbdkit)
+stamp=$nbdkit_prefix/share/loopdio/nbdkit-origin
+if [ -f "$stamp" ]; then
+  want="$(sed -n 's/^origin=//p' "$stamp"), $nbdkit_prefix"
+  [ "$origin" = "$want" ] || fail "nbdkit's origin: $origin; $stamp says $want"
+fi
+pass "loopdio --version and --dump-plugin: nbdkit $built ($origin)"
 deb=$T/pkg/loopdio_${version}_amd64.deb
 [ -f "$deb" ] || { ls "$T/pkg"; fail "no loopdio_${version}_amd64.deb (loopdio --version: $version)"; }
 [ "$(git_status)" = "$status_before" ] || fail "making the package changed the source tree"
