@@ -10,6 +10,7 @@
 #include <syslog.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cinttypes>
@@ -55,6 +56,29 @@ struct SlotHold {
   }
 };
 thread_local SlotHold t_slot;
+
+// A refusal a flood of clients repeats is logged once a second, with the count of those
+// left out since: the reason stays visible, the log small. Atomics only, like g_slots.
+class RefusalLog {
+ public:
+  // Whether to log this one; then `left_out` is how many were not logged since the last.
+  bool due(std::uint64_t& left_out) noexcept {
+    const std::int64_t now =
+        std::chrono::duration_cast<std::chrono::seconds>(Clock::now().time_since_epoch()).count();
+    std::int64_t last = last_.load(std::memory_order_relaxed);
+    if (now != last && last_.compare_exchange_strong(last, now)) {
+      left_out = left_out_.exchange(0);
+      return true;
+    }
+    left_out_.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  }
+
+ private:
+  std::atomic<std::int64_t> last_{-1};
+  std::atomic<std::uint64_t> left_out_{0};
+};
+RefusalLog g_handshake_refusals;
 
 struct Connection {
   std::shared_ptr<Export> exp;
@@ -110,6 +134,7 @@ int loopdio_config(const char* key, const char* value) {
     std::string* path = std::strcmp(key, "file") == 0      ? &g_opts.file
                         : std::strcmp(key, "dir") == 0     ? &g_opts.dir
                         : std::strcmp(key, "control") == 0 ? &g_opts.control
+                        : std::strcmp(key, "limits") == 0  ? &g_opts.limits_file
                                                            : nullptr;
     if (path && (*path)[0] != '/') {
       char* abs = nbdkit_absolute_path(value);
@@ -175,6 +200,7 @@ void apply_limits() {
 int loopdio_after_fork() {
   return guarded("after_fork", [] {
     apply_limits();
+    g_service->start();
     if (g_control) g_control->start();
     return 0;
   }, -1);
@@ -185,8 +211,14 @@ int loopdio_after_fork() {
 // handshake).
 int loopdio_preconnect(int) {
   if (!g_slots.arrive()) {
-    nbdkit_error("too many connections in the handshake: max-handshakes=%u; refused",
-                 g_slots.max_handshakes());
+    std::uint64_t left_out = 0;
+    if (g_handshake_refusals.due(left_out) && left_out == 0)
+      nbdkit_error("too many connections in the handshake: max-handshakes=%u; refused",
+                   g_slots.max_handshakes());
+    else if (left_out > 0)
+      nbdkit_error("too many connections in the handshake: max-handshakes=%u; refused, "
+                   "and %" PRIu64 " more since the last such line",
+                   g_slots.max_handshakes(), left_out);
     return -1;
   }
   t_slot.held = true;
@@ -278,6 +310,12 @@ template <typename F>
 int serve(void* h, Cmd cmd, const char* what, uint32_t count, uint64_t offset, F&& body,
           bool gated = true) {
   Connection& c = conn(h);
+  // Limits first, before the request takes anything another request needs (the drain
+  // gate, bounce memory, range locks, AIO slots); the wait is not part of its latency.
+  // Trim and zero count as one write I/O each; flush, block status and cache are free.
+  if (cmd == Cmd::kRead || cmd == Cmd::kWrite || cmd == Cmd::kTrim || cmd == Cmd::kZero)
+    c.exp->throttle(&c, cmd == Cmd::kRead ? Throttle::Kind::kRead : Throttle::Kind::kWrite,
+                    cmd == Cmd::kRead || cmd == Cmd::kWrite ? count : 0);
   const auto t0 = Clock::now();
   int r;
   if (gated) {
@@ -396,6 +434,11 @@ const char kHelp[] =
     "aio-events=N         Kernel AIO events the server may hold (default 4096 of the\n"
     "                     host's fs.aio-max-nr); each open export takes 64.\n"
     "devices=1            dir=: block device nodes in DIR are exports too.\n"
+    "iops=N, bps=SIZE     Throttle the export (each export, with dir=): total IOPS and\n"
+    "                     bytes per second; iops-read=, iops-write=, bps-read=, bps-write=\n"
+    "                     apart; each with -max= (a burst rate) and -max-length=SECONDS;\n"
+    "                     iops-size=SIZE (a request counts as size/iops-size I/Os).\n"
+    "limits=FILE          dir=: JSON of groups and per-export limits (docs/loopdio.md).\n"
     "memory-max=SIZE      The process's private memory, nbdkit's request buffers included\n"
     "                     (default 2G; none for no limit): past it requests fail with ENOMEM.\n"
     "bounce-total=SIZE    Bounce memory of the whole server (default 64M).\n"

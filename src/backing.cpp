@@ -56,8 +56,16 @@ void Backing::finish_open(const ProbeHooks& hooks) {
 // One writer per image: two servers (or two exports of one file) would each lock only their
 // own ranges, and lose each other's partial-block updates. Taken last, so that a bad
 // parameter is reported as such first.
+Backing::~Backing() {
+  if (locked_) ::flock(fd_.get(), LOCK_UN);
+}
+
 void Backing::lock_writer() {
-  if (!writable_ || ::flock(fd_.get(), LOCK_EX | LOCK_NB) == 0) return;
+  if (!writable_) return;
+  if (::flock(fd_.get(), LOCK_EX | LOCK_NB) == 0) {
+    locked_ = true;
+    return;
+  }
   const std::string path = safe_encode(opts_.file);
   if (errno != EWOULDBLOCK) throw sys_error("file=" + path + ": flock");
   throw Error("file=" + path + ": served by another process already (it holds a lock on the " +

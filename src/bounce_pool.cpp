@@ -211,6 +211,24 @@ void BouncePool::give_back(Client* client, char* data, std::size_t size) noexcep
   dispatch();
 }
 
+void BouncePool::trim() noexcept {
+  std::lock_guard lock(mu_);
+  for (int o = 0; o <= max_order_; ++o)
+    for (std::uint32_t u = heads_[static_cast<std::size_t>(o)]; u != kNone; u = next_[u]) {
+      const std::uint32_t end = u + (1u << o);
+      if (std::none_of(touched_.begin() + u, touched_.begin() + end, [](bool t) { return t; }))
+        continue;
+      if (::madvise(base_ + std::size_t{u} * kMinBuffer, std::size_t{1u << o} * kMinBuffer,
+                    MADV_DONTNEED) != 0)
+        continue;  // kept resident, and counted so
+      for (std::uint32_t i = u; i < end; ++i)
+        if (touched_[i]) {
+          touched_[i] = false;
+          resident_ -= kMinBuffer;
+        }
+    }
+}
+
 BouncePool::Stats BouncePool::stats() {
   std::lock_guard lock(mu_);
   return {leased_, resident_ - leased_, peak_, resident_, waits_};

@@ -22,11 +22,20 @@ SpaceSupport space_support(const ProbeResult& p) {
 
 }  // namespace
 
-std::unique_ptr<Export> Export::open(const Options& o, BouncePool& pool, AioBudget& aio,
+std::unique_ptr<Export> Export::open(const Options& o, ServerShared& shared,
                                      std::shared_ptr<Stats> stats, const std::string& name,
                                      int dirfd) {
   std::unique_ptr<Export> x(new Export);
   x->name_ = name;
+  x->groups_ = &shared.groups;
+  ThrottleLimits own = o.limits;
+  own.group.clear();
+  x->throttle_ = std::make_shared<Throttle>(shared.clock, own);
+  if (!o.limits.group.empty()) {
+    x->group_.store(shared.groups.get(o.limits.group));
+    x->grouped_.store(true);
+  }
+  BouncePool& pool = shared.pool;
   x->bounce_group_ = std::make_unique<BouncePool::Group>(pool);
   x->stats_ = std::move(stats);
   x->backing_ = dirfd >= 0 ? Backing::open_in(dirfd, name, o) : Backing::open(o);
@@ -43,7 +52,7 @@ std::unique_ptr<Export> Export::open(const Options& o, BouncePool& pool, AioBudg
   }
   x->space_ = std::make_unique<SpaceOps>(*x->io_, x->locks_, space_support(b.probe()));
   x->space_->set_stats(x->stats_.get());
-  x->engines_ = std::make_unique<EngineShare>(o.engine, b.fd(), aio);
+  x->engines_ = std::make_unique<EngineShare>(o.engine, b.fd(), shared.aio);
   return x;
 }
 
@@ -77,6 +86,25 @@ std::shared_ptr<Engine> Export::attach(unsigned limit) {
 void Export::release(const Engine& e) {
   --by_engine_[engine_index(e)];
   --connections_;
+}
+
+ThrottleLimits Export::limits() const {
+  std::lock_guard lock(limits_mu_);
+  ThrottleLimits l = throttle_->limits();
+  if (std::shared_ptr<Throttle> g = group_.load())
+    for (auto& [name, t] : groups_->all())
+      if (t == g) l.group = name;
+  return l;
+}
+
+void Export::set_limits(const ThrottleLimits& l) {
+  std::lock_guard lock(limits_mu_);
+  std::shared_ptr<Throttle> g = l.group.empty() ? nullptr : groups_->get(l.group);  // may throw
+  ThrottleLimits own = l;
+  own.group.clear();
+  throttle_->set(own);
+  group_.store(g);
+  grouped_.store(g != nullptr, std::memory_order_release);
 }
 
 void Export::note_readonly_client() {
@@ -119,7 +147,12 @@ void Export::status(Json& j) {
   j["alignment"] = b.probe().dio_supported ? b.probe().align.offset : 0;
   j["connections"] = connections_.load();
   j["in_flight"] = gate_.in_flight();
+  j["throttle_waiting"] = throttle_->waiting();  // requests its limits hold back now
   j["description"] = describe();
+  j["limits"] = limits().json();
+  StatsSnapshot st = stats_->snapshot();
+  j["throttled"] = st.throttled;
+  j["throttled_seconds"] = static_cast<double>(st.throttled_ns) / 1e9;
 }
 
 }  // namespace loopdio

@@ -41,8 +41,8 @@ std::string unopened_description(int dirfd, const std::string& name, const std::
 
 }  // namespace
 
-ExportDir::ExportDir(std::string path, Options defaults, BouncePool& pool, AioBudget& aio)
-    : path_(std::move(path)), defaults_(std::move(defaults)), pool_(pool), aio_(aio) {
+ExportDir::ExportDir(std::string path, Options defaults, ServerShared& shared)
+    : path_(std::move(path)), defaults_(std::move(defaults)), shared_(shared) {
   dirfd_.reset(::open(path_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!dirfd_) throw sys_error("dir=" + safe_encode(path_));
 }
@@ -136,6 +136,7 @@ Options ExportDir::options_for(const std::string& name) {
   Options o = defaults_;
   o.file = path_ + "/" + name;
   if (auto d = direct_io_.find(name); d != direct_io_.end()) o.direct_io = d->second;
+  if (auto l = limits_.find(name); l != limits_.end()) o.limits = l->second;
   return o;
 }
 
@@ -153,7 +154,20 @@ std::shared_ptr<Export> ExportDir::acquire(const std::string& name) {
   lock.unlock();
   std::shared_ptr<Export> x;
   try {
-    x = open_new(name, id);
+    {  // the last export of this file may still be closing: its lock on the file goes last
+      std::unique_lock alive(alive_mu_);
+      closed_.wait(alive, [&] { return !alive_.count(id); });
+    }
+    std::unique_ptr<Export> made = open_new(name, id);
+    std::lock_guard alive(alive_mu_);
+    alive_.insert(id);
+    // The export dies with its last connection; this directory outlives every connection.
+    x = std::shared_ptr<Export>(made.release(), [this, id](Export* gone) {
+      delete gone;
+      std::lock_guard alive(alive_mu_);
+      alive_.erase(id);
+      closed_.notify_all();
+    });
   } catch (...) {
     lock.lock();
     opening_.erase(id);
@@ -171,7 +185,7 @@ std::shared_ptr<Export> ExportDir::acquire(const std::string& name) {
 
 // Opens the export outside the lock. Nothing is kept for a name that does not open:
 // clients cannot grow the maps.
-std::shared_ptr<Export> ExportDir::open_new(const std::string& name, FileId id) {
+std::unique_ptr<Export> ExportDir::open_new(const std::string& name, FileId id) {
   Options o;
   std::shared_ptr<Stats> stats;
   {
@@ -180,7 +194,7 @@ std::shared_ptr<Export> ExportDir::open_new(const std::string& name, FileId id) 
     auto it = stats_.find(name);
     stats = it != stats_.end() ? it->second : std::make_shared<Stats>();
   }
-  std::shared_ptr<Export> x = Export::open(o, pool_, aio_, stats, name, dirfd_.get());
+  std::unique_ptr<Export> x = Export::open(o, shared_, stats, name, dirfd_.get());
   struct stat st {};
   if (::fstat(x->backing().fd(), &st) != 0 || FileId{st.st_dev, st.st_ino} != id)
     throw Error("export \"" + safe_encode(name) + "\": replaced while it was being opened; " +
@@ -198,6 +212,54 @@ std::vector<std::shared_ptr<Export>> ExportDir::open_exports() {
   return v;
 }
 
+// Under mu_ (in `lock`): waits for an opening of `name` under way, then gives the open
+// export of the file the name leads to, and those still open through the name after their
+// file was replaced.
+std::vector<std::shared_ptr<Export>> ExportDir::open_exports_of(const std::string& name,
+                                                                std::unique_lock<std::mutex>& lock) {
+  opened_.wait(lock, [&] {
+    return std::none_of(opening_.begin(), opening_.end(),
+                        [&](const auto& kv) { return kv.second == name; });
+  });
+  std::vector<std::shared_ptr<Export>> targets;
+  struct stat st {};
+  const bool exists = ::fstatat(dirfd_.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
+  for (auto& [id, w] : open_) {
+    auto x = w.lock();
+    if (x && ((exists && id == FileId{st.st_dev, st.st_ino}) || x->name() == name))
+      targets.push_back(std::move(x));
+  }
+  return targets;
+}
+
+ThrottleLimits ExportDir::limits_of(const std::string& name) {
+  std::lock_guard lock(mu_);
+  auto it = limits_.find(name);
+  return it != limits_.end() ? it->second : defaults_.limits;
+}
+
+ThrottleLimits ExportDir::set_limits(const std::string& name, const std::vector<std::string>& words) {
+  check_name(name);
+  std::vector<std::shared_ptr<Export>> targets;
+  ThrottleLimits l;
+  {
+    std::unique_lock lock(mu_);
+    auto it = limits_.find(name);
+    l = parse_limits(it != limits_.end() ? it->second : defaults_.limits, words);
+    if (!l.group.empty()) shared_.groups.get(l.group);  // it must exist
+    limits_[name] = l;  // before the wait: an opening from now on takes it
+    targets = open_exports_of(name, lock);
+  }
+  for (auto& x : targets) x->set_limits(l);
+  return l;
+}
+
+void ExportDir::configure_limits(const std::string& name, const ThrottleLimits& l) {
+  check_name(name);
+  std::lock_guard lock(mu_);
+  limits_[name] = l;
+}
+
 void ExportDir::set_direct_io(const std::string& name, bool on) {
   std::vector<std::shared_ptr<Export>> targets;
   {
@@ -207,17 +269,7 @@ void ExportDir::set_direct_io(const std::string& name, bool on) {
     // from now on opens with it; one under way is waited for, then switched below.
     const DirectIo before = direct_io_.count(name) ? direct_io_[name] : defaults_.direct_io;
     direct_io_[name] = on ? DirectIo::kOn : DirectIo::kOff;
-    opened_.wait(lock, [&] {
-      return std::none_of(opening_.begin(), opening_.end(),
-                          [&](const auto& kv) { return kv.second == name; });
-    });
-    struct stat st {};
-    const bool exists = ::fstatat(dirfd_.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
-    for (auto& [id, w] : open_) {
-      auto x = w.lock();
-      if (x && ((exists && id == FileId{st.st_dev, st.st_ino}) || x->name() == name))
-        targets.push_back(std::move(x));
-    }
+    targets = open_exports_of(name, lock);
     if (targets.empty()) {
       // Not open: it must exist, and be able to do what is asked.
       try {

@@ -77,6 +77,9 @@ Json metrics_json(const ExportMetrics& m) {
   j["read_modify_writes"] = m.stats.rmw;
   j["bounced_bytes"] = m.stats.bounced_bytes;
   j["fallbacks"] = m.stats.fallbacks;
+  j["limits"] = m.limits;
+  j["throttled"] = m.stats.throttled;
+  j["throttled_seconds"] = static_cast<double>(m.stats.throttled_ns) / 1e9;
   return j;
 }
 
@@ -109,13 +112,20 @@ ExportMetrics metrics_from_json(const Json& j) {
     m.stats.rmw = j.at("read_modify_writes").get<std::uint64_t>();
     m.stats.bounced_bytes = j.at("bounced_bytes").get<std::uint64_t>();
     m.stats.fallbacks = j.at("fallbacks").get<std::uint64_t>();
+    if (j.contains("limits")) m.limits = j.at("limits");
+    if (j.contains("throttled")) {
+      m.stats.throttled = j.at("throttled").get<std::uint64_t>();
+      m.stats.throttled_ns =
+          static_cast<std::uint64_t>(j.at("throttled_seconds").get<double>() * 1e9);
+    }
     return m;
   } catch (const Json::exception& e) {
     throw Error(std::string("statistics: ") + e.what());
   }
 }
 
-std::string prometheus_text(const std::vector<ExportMetrics>& exports) {
+std::string prometheus_text(const std::vector<ExportMetrics>& exports,
+                            const std::vector<GroupMetrics>& groups) {
   Writer w;
   auto per_cmd = [&](const char* name, const char* help, auto value) {
     w.family(name, "counter", help);
@@ -157,6 +167,32 @@ std::string prometheus_text(const std::vector<ExportMetrics>& exports) {
              [](const ExportMetrics& m) { return m.connections; });
   per_export("loopdio_direct_io", "gauge", "1 while the export is served with O_DIRECT.",
              [](const ExportMetrics& m) { return m.direct ? 1 : 0; });
+
+  per_export("loopdio_throttled_requests_total", "counter",
+             "Requests that waited for the export's or its group's limits.",
+             [](const ExportMetrics& m) { return m.stats.throttled; });
+  w.family("loopdio_throttled_seconds_total", "counter",
+           "Time requests waited for the export's or its group's limits.");
+  for (const ExportMetrics& m : exports)
+    w.sample("loopdio_throttled_seconds_total", export_label(m),
+             static_cast<double>(m.stats.throttled_ns) / 1e9);
+  w.family("loopdio_limit", "gauge",
+           "The export's limits now: rates per second, burst lengths in seconds, iops-size in bytes.");
+  for (const ExportMetrics& m : exports)
+    for (auto& [key, v] : m.limits.items())
+      if (v.is_number())
+        w.sample("loopdio_limit", export_label(m) + ",limit=\"" + label(key) + "\"", v.get<double>());
+  w.family("loopdio_group_limit", "gauge", "A throttle group's limits now.");
+  for (const GroupMetrics& g : groups)
+    for (auto& [key, v] : g.limits.items())
+      if (v.is_number())
+        w.sample("loopdio_group_limit",
+                 "group=\"" + label(g.name) + "\",limit=\"" + label(key) + "\"", v.get<double>());
+  w.family("loopdio_group_throttled_seconds_total", "counter",
+           "Time requests waited for a throttle group's limits.");
+  for (const GroupMetrics& g : groups)
+    w.sample("loopdio_group_throttled_seconds_total", "group=\"" + label(g.name) + "\"",
+             static_cast<double>(g.throttled_ns) / 1e9);
 
   const char* h = "loopdio_request_duration_seconds";
   w.family(h, "histogram", "Time from a request reaching the plugin to its reply, by command.");

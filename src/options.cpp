@@ -149,6 +149,14 @@ void apply_option(Options& o, std::string_view key, std::string_view value) {
   } else if (key == "bounce-per-connection" || key == "bounce_per_connection") {
     o.bounce_per_connection = parse_size(key, value);
     if (o.bounce_per_connection < kMinBounce) bad(key, value, "must be at least 1M");
+  } else if (key == "limits") {
+    if (value.empty()) bad(key, value, "empty path");
+    o.limits_file = value;
+  } else if (key == "group") {
+    throw Error("group=" + std::string(value) + ": a group is given per export, in limits=FILE " +
+                "or with loopdio set --group");
+  } else if (is_limit_key(key)) {
+    apply_limit(o.limits, key, value);
   } else {
     throw Error("unknown parameter \"" + std::string(key) + "\" (see nbdkit loopdio --help)");
   }
@@ -168,6 +176,9 @@ void check_options(const Options& o) {
     throw Error("offset= and sizelimit= apply to one image (file=), not to dir=");
   if (o.dir.empty() && !o.default_export.empty())
     throw Error("default-export= applies to dir=");
+  check_limits(o.limits);
+  if (o.dir.empty() && !o.limits_file.empty())
+    throw Error("limits= applies to dir=: with file=, give the limits themselves (iops=, bps=, ...)");
   if (o.dir.empty() && o.devices)
     throw Error("devices= applies to dir=: file= serves the block device it names");
   if (o.max_connections_per_export > o.max_connections)

@@ -75,7 +75,12 @@ void limit_fds(const Options& o, ProcessLimits& pl) {
     ::getrlimit(RLIMIT_NOFILE, &rl);
   }
   pl.fd_limit = rl.rlim_cur;
-  const std::uint64_t reserve = open_fds() + 32;  // listening sockets, logs, the control socket
+  // Beyond the descriptors open now (listening sockets, logs, the control socket): room for
+  // a flood of connects that nbdkit accepts before the plugin can refuse them, each with a
+  // socket and a pipe for a moment. nbdkit 1.42 never closes the socket of a connection
+  // whose pipe2 fails with EMFILE: the server must not get there.
+  const std::uint64_t reserve =
+      open_fds() + std::max<std::uint64_t>(64, static_cast<std::uint64_t>(pl.fd_limit) / 4);
   const std::uint64_t spare = pl.fd_limit > reserve ? pl.fd_limit - reserve : 0;
   const std::uint64_t fit = spare / kFdsPerConnection;
   const std::uint64_t want = std::uint64_t{o.max_connections} + o.max_handshakes;

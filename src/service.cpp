@@ -1,9 +1,13 @@
 // The server's exports and its control commands; see service.h.
 #include "loopdio/service.h"
 
+#include <malloc.h>
+
 #include <unistd.h>
 
 #include <algorithm>
+#include <fstream>
+#include <iterator>
 
 #include "loopdio/control.h"
 #include "loopdio/error.h"
@@ -13,16 +17,86 @@ namespace loopdio {
 
 Service::Service(const Options& o, ConnectionSlots& slots)
     : opts_(o), pool_(o.bounce_total, o.bounce_per_connection, o.dir.empty() ? 1 : 2),
-      aio_(o.aio_events), slots_(slots) {
+      aio_(o.aio_events), groups_(clock_), shared_{pool_, aio_, clock_, groups_}, slots_(slots) {
   check_options(opts_);
   slots_.set_limits(opts_.max_connections, opts_.max_handshakes);
   if (!opts_.dir.empty()) {
-    dir_ = std::make_unique<ExportDir>(opts_.dir, opts_, pool_, aio_);
+    dir_ = std::make_unique<ExportDir>(opts_.dir, opts_, shared_);
+    if (!opts_.limits_file.empty()) load_limits_file(opts_.limits_file);
   } else {
     single_stats_ = std::make_shared<Stats>();
-    single_ = Export::open(opts_, pool_, aio_, single_stats_);
+    single_ = Export::open(opts_, shared_, single_stats_);
   }
 }
+
+// {"groups": {"vm1": {"iops": 4000}}, "exports": {"vm1-root.img": {"iops": 2000, "group":
+// "vm1"}}}: every entry checked before the server starts.
+void Service::load_limits_file(const std::string& path) {
+  const std::string what = "limits=" + safe_encode(path);
+  std::ifstream in(path);
+  if (!in) throw sys_error(what);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (text.size() > (1u << 20)) throw Error(what + ": larger than 1 MiB");
+  Json j = parse_json(text, what);
+  if (!j.is_object()) throw Error(what + ": expected an object with \"groups\" and \"exports\"");
+  for (auto& [key, v] : j.items())
+    if (key != "groups" && key != "exports")
+      throw Error(what + ": unknown member \"" + safe_encode(key) + "\" (groups, exports)");
+  if (j.contains("groups"))
+    for (auto& [name, l] : j.at("groups").items()) {
+      ThrottleLimits limits;
+      apply_limit(limits, "group", name);  // checks the name
+      groups_.set(name, limits_from_json(l, what + ": group " + name));
+    }
+  if (j.contains("exports"))
+    for (auto& [name, l] : j.at("exports").items()) {
+      ThrottleLimits limits = limits_from_json(l, what + ": export " + safe_encode(name));
+      if (!limits.group.empty()) groups_.get(limits.group);
+      dir_->configure_limits(name, limits);
+    }
+}
+
+// "set limits [KEY=VALUE | none]... [-- EXPORT | -- group:NAME]"
+Json Service::set_limits(std::string_view args) {
+  std::string target;
+  if (auto sep = args.find("-- "); sep != std::string_view::npos) {
+    target = std::string(args.substr(sep + 3));
+    args = args.substr(0, sep);
+  } else if (args.ends_with("--")) {
+    args.remove_suffix(2);
+  }
+  std::vector<std::string> words;
+  for (std::size_t i = 0; i < args.size();) {
+    std::size_t j = args.find(' ', i);
+    if (j == std::string_view::npos) j = args.size();
+    if (j > i) words.emplace_back(args.substr(i, j - i));
+    i = j + 1;
+  }
+  if (words.empty()) throw Error("set limits: nothing to set (iops=N bps=SIZE ..., or none)");
+  ThrottleLimits l;
+  if (target.starts_with("group:")) {
+    const std::string name = target.substr(6);
+    ThrottleLimits base;
+    try {
+      base = groups_.get(name)->limits();
+    } catch (const Error&) {  // a new group
+      apply_limit(base, "group", name);  // checks the name
+      base = ThrottleLimits{};
+    }
+    l = parse_limits(base, words);
+    groups_.set(name, l);
+  } else if (single_) {
+    if (!target.empty()) throw Error("set limits: this server serves one image: name no export");
+    l = parse_limits(single_->limits(), words);
+    single_->set_limits(l);
+  } else {
+    if (target.empty()) throw Error("set limits: which export? (set limits ... -- NAME)");
+    l = dir_->set_limits(target, words);
+  }
+  return Json{{"ok", true}, {"limits", l.json()}};
+}
+
+
 
 std::shared_ptr<Export> Service::connect(const std::string& name) {
   if (!slots_.open())
@@ -76,6 +150,7 @@ std::vector<ExportMetrics> Service::collect() {
   std::vector<ExportMetrics> v;
   if (single_) {
     v.push_back(export_metrics("", opts_.file, *single_stats_, {single_}));
+    v.back().limits = single_->limits().json();
     return v;
   }
   std::vector<std::shared_ptr<Export>> open = dir_->open_exports();
@@ -84,6 +159,20 @@ std::vector<ExportMetrics> Service::collect() {
     for (auto& x : open)
       if (x->name() == name) mine.push_back(x);
     v.push_back(export_metrics(name, opts_.dir + "/" + name, *stats, mine));
+    v.back().limits = dir_->limits_of(name).json();
+  }
+  return v;
+}
+
+std::vector<GroupMetrics> Service::group_metrics() {
+  std::vector<GroupMetrics> v;
+  for (auto& [name, t] : groups_.all()) {
+    GroupMetrics g;
+    g.name = name;
+    g.limits = t->limits().json();
+    g.throttled = t->throttled_requests();
+    g.throttled_ns = t->throttled_ns();
+    v.push_back(std::move(g));
   }
   return v;
 }
@@ -104,6 +193,12 @@ ExportMetrics Service::export_metrics(const std::string& name, const std::string
   return m;
 }
 
+void Service::disconnect() noexcept {
+  if (!slots_.close()) return;
+  pool_.trim();
+  ::malloc_trim(0);
+}
+
 Json Service::status() {
   Json j;
   j["ok"] = true;
@@ -121,6 +216,11 @@ Json Service::status() {
   j["bounce"] = {{"leased", p.leased}, {"cached", p.cached}, {"peak", p.peak},
                  {"resident", p.resident}, {"waits", p.waits},
                  {"total", opts_.bounce_total}, {"per_connection", opts_.bounce_per_connection}};
+  Json groups = Json::array();
+  for (const GroupMetrics& g : group_metrics())
+    groups.push_back({{"name", g.name}, {"limits", g.limits}, {"throttled", g.throttled},
+                      {"throttled_seconds", static_cast<double>(g.throttled_ns) / 1e9}});
+  j["groups"] = std::move(groups);
   if (single_) {
     single_->status(j);  // one image: its members at the top, as `loopdio list` reads them
     return j;
@@ -129,6 +229,8 @@ Json Service::status() {
   j["aio"] = to_string(opts_.engine);
   Json exports = Json::array();
   std::vector<std::shared_ptr<Export>> open = dir_->open_exports();
+  std::map<std::string, std::shared_ptr<Stats>> stats;  // also of exports closed again
+  for (auto& [name, st] : dir_->all_stats()) stats.emplace(name, st);
   for (const ExportDir::Entry& n : dir_->list()) {
     Json e;
     if (n.live) {  // its file is open, whichever of its names opened it
@@ -141,6 +243,11 @@ Json Service::status() {
       put_path(e, "file", opts_.dir + "/" + n.name);
       e["open"] = false;
       e["description"] = n.description;
+      e["limits"] = dir_->limits_of(n.name).json();
+      auto it = stats.find(n.name);
+      const StatsSnapshot st = it != stats.end() ? it->second->snapshot() : StatsSnapshot{};
+      e["throttled"] = st.throttled;
+      e["throttled_seconds"] = static_cast<double>(st.throttled_ns) / 1e9;
     }
     exports.push_back(std::move(e));
   }
@@ -165,7 +272,7 @@ Json Service::stats() {
   return j;
 }
 
-std::string Service::metrics() { return prometheus_text(collect()); }
+std::string Service::metrics() { return prometheus_text(collect(), group_metrics()); }
 
 std::string Service::control(std::string_view line) {
   try {
@@ -176,6 +283,8 @@ std::string Service::control(std::string_view line) {
       flush();
       return dump_line(Json{{"ok", true}});
     }
+    if (line.starts_with("set limits ") || line == "set limits")
+      return dump_line(set_limits(line.substr(std::min<std::size_t>(line.size(), 11))));
     for (const char* verb : {"set direct-io on", "set direct-io off"}) {
       std::string_view v(verb);
       if (!line.starts_with(v) || (line.size() > v.size() && line[v.size()] != ' ')) continue;

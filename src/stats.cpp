@@ -68,6 +68,8 @@ StatsSnapshot Stats::snapshot() const {
     r.rmw += s.rmw.load(std::memory_order_relaxed);
     r.bounced_bytes += s.bounced.load(std::memory_order_relaxed);
     r.fallbacks += s.fallbacks.load(std::memory_order_relaxed);
+    r.throttled += s.throttled.load(std::memory_order_relaxed);
+    r.throttled_ns += s.throttled_ns.load(std::memory_order_relaxed);
   }
   return r;
 }

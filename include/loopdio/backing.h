@@ -28,6 +28,12 @@ class Backing {
   // (o.file is then the path for messages).
   static std::unique_ptr<Backing> open_in(int dirfd, const std::string& name, const Options& o);
 
+  Backing(const Backing&) = delete;
+  Backing& operator=(const Backing&) = delete;
+  // Drops the writer's lock explicitly: an io_uring that registered the file keeps the open
+  // file (and with it the lock) until the kernel tears the ring down, some time later.
+  ~Backing();
+
   const Options& options() const { return opts_; }
   const ProbeResult& probe() const { return probe_; }
   const Geometry& geometry() const { return geo_; }
@@ -72,6 +78,7 @@ class Backing {
   Geometry geo_;
   UniqueFd fd_;
   bool writable_ = true;
+  bool locked_ = false;  // holds the writer's lock
   std::string readonly_reason_;
   std::atomic<bool> direct_{false};
   mutable std::mutex reason_mu_;  // protects off_reason_: a switch writes it while a

@@ -98,6 +98,9 @@ class BouncePool {
     std::uint64_t waits = 0;   // leases that had to wait
   };
   Stats stats();
+  // Gives the pages of every free block back to the system (the region stays reserved):
+  // after a burst, an idle server's RSS falls back.
+  void trim() noexcept;
 
  private:
   struct Waiter;

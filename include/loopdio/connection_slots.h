@@ -29,9 +29,10 @@ class ConnectionSlots {
     return true;
   }
   // Its export closes: back to a handshake slot (always granted: it held one before).
-  void close() {
+  // Returns whether it was the last connection serving an export.
+  bool close() {
     handshaking_.fetch_add(1);
-    open_.fetch_sub(1);
+    return open_.fetch_sub(1) == 1;
   }
   // Its thread ends, with no export open.
   void depart() { handshaking_.fetch_sub(1); }

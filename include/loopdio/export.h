@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "loopdio/aligned_io.h"
@@ -17,16 +18,25 @@
 #include "loopdio/range_lock.h"
 #include "loopdio/space_ops.h"
 #include "loopdio/stats.h"
+#include "loopdio/throttle.h"
 
 namespace loopdio {
+
+// What every export of a server shares, owned by the server and outliving its exports.
+struct ServerShared {
+  BouncePool& pool;
+  AioBudget& aio;
+  ThrottleClock& clock;
+  ThrottleGroups& groups;
+};
 
 class Export {
  public:
   // Opens and probes o.file (or `name` in the directory `dirfd`, following no symbolic
-  // link) and says what it decided (notices). Bounce buffers come from `pool`, AIO contexts
-  // from `aio`, the server's; `stats` outlive the export (they count for the server's life). Throws
+  // link) and says what it decided (notices). Bounce buffers, AIO contexts and throttle
+  // groups come from `shared`, the server's; o.limits are its limits; `stats` outlive the export (they count for the server's life). Throws
   // loopdio::Error.
-  static std::unique_ptr<Export> open(const Options& o, BouncePool& pool, AioBudget& aio,
+  static std::unique_ptr<Export> open(const Options& o, ServerShared& shared,
                                       std::shared_ptr<Stats> stats, const std::string& name = "",
                                       int dirfd = -1);
   Export(const Export&) = delete;
@@ -51,6 +61,23 @@ class Export {
   // A connection was opened read-only by nbdkit (-r); says once if the image is writable.
   void note_readonly_client();
 
+  // Waits while a request of connection `conn` would exceed the export's limits or its
+  // group's; counts the wait. Call before the request takes anything another needs.
+  // Never throws: out of memory to queue it, a request goes unthrottled.
+  void throttle(const void* conn, Throttle::Kind kind, std::uint64_t bytes) noexcept {
+    try {
+      std::uint64_t ns = throttle_->admit(conn, kind, bytes);
+      if (grouped_.load(std::memory_order_acquire))
+        if (std::shared_ptr<Throttle> g = group_.load()) ns += g->admit(conn, kind, bytes);
+      if (ns) stats_->throttled(ns);
+    } catch (...) {
+    }
+  }
+  // The limits now, and new ones (effective at once). set_limits throws loopdio::Error,
+  // changing nothing, when the group they name does not exist.
+  ThrottleLimits limits() const;
+  void set_limits(const ThrottleLimits& l);
+
   unsigned connections() const { return connections_.load(); }
   // "libaio", "libaio+sync" after a fallback; the engine asked for while idle.
   std::string engines_in_use() const;
@@ -72,6 +99,11 @@ class Export {
   std::unique_ptr<EngineShare> engines_;
   DrainGate gate_;
   std::shared_ptr<Stats> stats_;
+  ThrottleGroups* groups_ = nullptr;
+  std::shared_ptr<Throttle> throttle_;             // its own limits
+  std::atomic<std::shared_ptr<Throttle>> group_;   // its group's, or null
+  std::atomic<bool> grouped_{false};               // group_ is set: look it up
+  mutable std::mutex limits_mu_;                   // one change of limits at a time
   std::atomic<unsigned> connections_{0};
   std::atomic<int> by_engine_[3] = {};
   std::atomic<bool> readonly_client_{false};

@@ -31,7 +31,7 @@ namespace loopdio {
 class ExportDir {
  public:
   // Opens `path` (absolute) as the directory of exports. Throws loopdio::Error.
-  ExportDir(std::string path, Options defaults, BouncePool& pool, AioBudget& aio);
+  ExportDir(std::string path, Options defaults, ServerShared& shared);
 
   const std::string& path() const { return path_; }
 
@@ -61,6 +61,15 @@ class ExportDir {
   // open through that name after their file was replaced) now, and of its next opening.
   void set_direct_io(const std::string& name, bool on);
 
+  // The limits export `name` opens with: set for it, or the server's defaults.
+  ThrottleLimits limits_of(const std::string& name);
+  // Changes them by `words` ("iops=500 bps=50M", "none": throttle_limits.h), for the export
+  // open now and its next openings; the new limits. Throws loopdio::Error, changing nothing,
+  // on bad words or a group that does not exist.
+  ThrottleLimits set_limits(const std::string& name, const std::vector<std::string>& words);
+  // Sets them from the limits file, before any connection.
+  void configure_limits(const std::string& name, const ThrottleLimits& l);
+
   // The statistics of every export that has been opened, by name.
   std::vector<std::pair<std::string, std::shared_ptr<Stats>>> all_stats();
 
@@ -69,12 +78,13 @@ class ExportDir {
   // What the name leads to, or why it cannot be served.
   struct stat stat_name(const std::string& name) const;
   Options options_for(const std::string& name);  // under mu_
-  std::shared_ptr<Export> open_new(const std::string& name, FileId id);
+  std::vector<std::shared_ptr<Export>> open_exports_of(const std::string& name,
+                                                       std::unique_lock<std::mutex>& lock);
+  std::unique_ptr<Export> open_new(const std::string& name, FileId id);
 
   const std::string path_;
   const Options defaults_;
-  BouncePool& pool_;
-  AioBudget& aio_;
+  ServerShared& shared_;
   UniqueFd dirfd_;
   std::mutex mu_;  // protects everything below; never held across an open or a probe
   std::condition_variable opened_;                 // an opening in progress ended
@@ -82,8 +92,16 @@ class ExportDir {
   std::map<FileId, std::string> opening_;          // being opened now, and by which name
   std::map<std::string, std::shared_ptr<Stats>> stats_;
   std::map<std::string, DirectIo> direct_io_;      // set at run time, by name
+  std::map<std::string, ThrottleLimits> limits_;   // set in the limits file or at run time
   std::map<FileId, std::string> descriptions_;     // of files opened before
   std::set<std::string> told_;                     // names skipped, already reported
+
+  // Files whose export object still exists, until its destructor (which closes the file and
+  // drops its writer's lock) has run. Its own mutex, taken last and never held while waiting
+  // for mu_: the last reference to an export may be dropped by a thread holding mu_.
+  std::mutex alive_mu_;
+  std::condition_variable closed_;
+  std::set<FileId> alive_;
 };
 
 }  // namespace loopdio

@@ -21,13 +21,22 @@ struct ExportMetrics {
   unsigned connections = 0;
   unsigned in_flight = 0;
   bool direct = false;
+  Json limits = Json::object();  // its throttle limits now (throttle_limits.h), {} for none
+};
+
+// A group of exports sharing one throttle budget.
+struct GroupMetrics {
+  std::string name;
+  Json limits = Json::object();
+  std::uint64_t throttled = 0, throttled_ns = 0;
 };
 
 Json metrics_json(const ExportMetrics& m);
 // The reverse, for a client of the control socket's `stats`. Throws loopdio::Error on a
 // reply that is not one.
 ExportMetrics metrics_from_json(const Json& j);
-std::string prometheus_text(const std::vector<ExportMetrics>& exports);
+std::string prometheus_text(const std::vector<ExportMetrics>& exports,
+                            const std::vector<GroupMetrics>& groups = {});
 
 // "EIO" for 5; "errno 200" for what has no name.
 std::string errno_name(int e);

@@ -8,6 +8,8 @@
 #include <string>
 #include <string_view>
 
+#include "loopdio/throttle_limits.h"
+
 namespace loopdio {
 
 enum class DirectIo { kAuto, kOn, kOff };
@@ -44,6 +46,10 @@ struct Options {
   // The process's private memory (RLIMIT_DATA), nbdkit's request buffers included; 0: none.
   std::uint64_t memory_max = kDefaultMemoryMax;
   unsigned aio_events = kDefaultAioEvents;  // the server's share of fs.aio-max-nr
+  // Throttling: the export's limits (each export's, with dir=, unless the limits file says
+  // otherwise), and the file of per-export limits and groups (dir=).
+  ThrottleLimits limits;
+  std::string limits_file;
   std::uint64_t bounce_total = kDefaultBounceTotal;                  // whole server
   std::uint64_t bounce_per_connection = kDefaultBouncePerConnection;  // one connection
 };

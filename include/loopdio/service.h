@@ -36,10 +36,14 @@ class Service {
   // `name` asks for (any name, with file=); the caller then attaches to it with
   // connections_per_export(). Throws loopdio::Error (EBUSY beyond the limit).
   std::shared_ptr<Export> connect(const std::string& name);
-  void disconnect() { slots_.close(); }
+  // The last connection gone, the memory its requests used goes back to the system: the
+  // bounce pool's free pages, and what malloc keeps of nbdkit's request buffers.
+  void disconnect() noexcept;
   unsigned connections() const { return slots_.open_now(); }
   // The process's limits as applied (shown by `status`); set before the control socket starts.
   void set_limits(const ProcessLimits& pl) { limits_ = pl; }
+  // Starts what runs on threads of its own (the throttles' clock): after nbdkit has forked.
+  void start() { clock_.start(); }
 
   // The exports and their descriptions, as NBD_OPT_LIST shows them (file=: one, unnamed).
   // Opens nothing.
@@ -54,9 +58,12 @@ class Service {
   Json stats();
   std::string metrics();
   std::vector<ExportMetrics> collect();
+  std::vector<GroupMetrics> group_metrics();
 
  private:
   void set_direct_io(const std::string& name, bool on);
+  Json set_limits(std::string_view args);
+  void load_limits_file(const std::string& path);
   void flush();
   static ExportMetrics export_metrics(const std::string& name, const std::string& file,
                                       const Stats& s,
@@ -65,6 +72,9 @@ class Service {
   Options opts_;
   BouncePool pool_;
   AioBudget aio_;  // before the exports, whose engines give it back
+  ThrottleClock clock_;      // before the exports and groups, whose throttles it wakes
+  ThrottleGroups groups_;
+  ServerShared shared_;
   std::shared_ptr<Stats> single_stats_;
   std::shared_ptr<Export> single_;   // file=
   std::unique_ptr<ExportDir> dir_;   // dir=

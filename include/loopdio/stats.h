@@ -34,6 +34,7 @@ struct StatsSnapshot {
   std::array<PerCmd, kCmds> cmd;
   std::array<std::uint64_t, kMaxErrno> errors{};  // by errno
   std::uint64_t rmw = 0, bounced_bytes = 0, fallbacks = 0;
+  std::uint64_t throttled = 0, throttled_ns = 0;  // requests that waited for a limit, and how long
 };
 
 class Stats {
@@ -45,6 +46,12 @@ class Stats {
     shard().bounced.fetch_add(bytes, std::memory_order_relaxed);
   }
   void fallback() noexcept { shard().fallbacks.fetch_add(1, std::memory_order_relaxed); }
+  // A request waited `ns` for its export's or group's limits.
+  void throttled(std::uint64_t ns) noexcept {
+    Shard& s = shard();
+    s.throttled.fetch_add(1, std::memory_order_relaxed);
+    s.throttled_ns.fetch_add(ns, std::memory_order_relaxed);
+  }
 
   StatsSnapshot snapshot() const;
 
@@ -59,7 +66,7 @@ class Stats {
     };
     std::array<PerCmd, kCmds> cmd;
     std::array<std::atomic<std::uint64_t>, kMaxErrno> errors{};
-    std::atomic<std::uint64_t> rmw{0}, bounced{0}, fallbacks{0};
+    std::atomic<std::uint64_t> rmw{0}, bounced{0}, fallbacks{0}, throttled{0}, throttled_ns{0};
   };
   static constexpr int kShards = 8;
   Shard& shard() noexcept;

@@ -62,6 +62,8 @@ Json export_columns(const Json& st, const ExportState& s) {
   r["log-sec"] = member<std::int64_t>(st, "log_sec", what);
   r["conns"] = opt_member<std::int64_t>(st, "connections", what).value_or(0);
   if (st.contains("engines")) r["engines"] = st["engines"];  // connections by engine
+  if (st.contains("limits")) r["limits"] = st["limits"];     // throttle limits (--json only)
+  if (st.contains("throttled_seconds")) r["throttled-seconds"] = st["throttled_seconds"];
   return r;
 }
 
@@ -76,6 +78,7 @@ Json closed_columns(const Json& e, const ExportState& s) {
   r["aio"] = to_string(s.requested.engine);
   r["log-sec"] = nullptr;
   r["conns"] = 0;
+  if (e.contains("limits")) r["limits"] = e["limits"];
   return r;
 }
 

@@ -16,6 +16,7 @@
 #include "interrupt.h"
 #include "loopdio/error.h"
 #include "loopdio/metrics.h"
+#include "loopdio/throttle_limits.h"
 #include "safe_text.h"
 #include "state.h"
 
@@ -166,6 +167,12 @@ void print_totals(const std::vector<Sample>& now, bool json) {
                 static_cast<unsigned long long>(w.requests), static_cast<double>(r.bytes) / (1 << 20),
                 static_cast<double>(w.bytes) / (1 << 20), await(r), await(w), s.m.in_flight,
                 static_cast<unsigned long long>(errs));
+    if (!s.m.limits.empty() || s.m.stats.throttled)
+      std::printf("  limits: %s; throttled %llu requests, %.3f s\n",
+                  s.m.limits.empty() ? "none"
+                                     : safe_encode(limits_from_json(s.m.limits, "limits").text()).c_str(),
+                  static_cast<unsigned long long>(s.m.stats.throttled),
+                  static_cast<double>(s.m.stats.throttled_ns) / 1e9);
   }
 }
 

@@ -3,10 +3,13 @@
 // fail, a request held back by its own share never holds up another's, those that wait for
 // the total are served in arrival order, and memory is reused rather than grown.
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <future>
 #include <memory>
 #include <mutex>
@@ -182,4 +185,33 @@ TEST(BouncePool, MemoryIsReusedNotGrown) {
   EXPECT_EQ(pool.stats().peak, std::size_t{1} << 20);
   EXPECT_EQ(pool.stats().resident, std::size_t{1} << 20) << "a new block each time";
   EXPECT_EQ(pool.stats().cached, std::size_t{1} << 20);
+}
+
+// After a burst, trim gives back the pages of the free blocks (what RSS shows), keeps those
+// on loan, and the blocks serve again.
+TEST(BouncePool, TrimGivesFreePagesBack) {
+  BouncePool pool(64 << 20, 16 << 20);
+  auto rss_of = [](const char* p, std::size_t n) {  // resident pages of [p, p + n)
+    std::vector<unsigned char> v((n + 4095) / 4096);
+    EXPECT_EQ(::mincore(const_cast<char*>(p), n, v.data()), 0);
+    return static_cast<std::size_t>(std::count_if(v.begin(), v.end(), [](unsigned char c) { return c & 1; })) * 4096;
+  };
+  std::vector<BouncePool::Lease> burst;
+  for (int i = 0; i < 8; ++i) {
+    burst.push_back(pool.acquire(nullptr, 4 << 20));
+    std::memset(burst.back().data(), 1, 4 << 20);
+  }
+  const char* kept = burst[0].data();
+  const char* freed = burst[1].data();
+  BouncePool::Lease keep = std::move(burst[0]);
+  burst.clear();
+  EXPECT_EQ(pool.stats().resident, std::size_t{32} << 20);
+  pool.trim();
+  EXPECT_EQ(pool.stats().resident, std::size_t{4} << 20) << "only the block on loan";
+  EXPECT_EQ(rss_of(freed, 4 << 20), 0u) << "a free block's pages are still resident";
+  EXPECT_EQ(rss_of(kept, 4 << 20), std::size_t{4} << 20);
+  EXPECT_EQ(kept[12345], 1) << "the block on loan lost its data";
+  BouncePool::Lease again = pool.acquire(nullptr, 4 << 20);
+  std::memset(again.data(), 2, 4 << 20);
+  EXPECT_EQ(pool.stats().resident, std::size_t{8} << 20);
 }
