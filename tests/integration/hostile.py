@@ -1,7 +1,7 @@
-"""Clients that try to take more than their share of a server: connections that stall in
-the handshake, floods of connections, and connections that ask for as much memory as the
-protocol allows. Each helper measures what the server did to it and returns the numbers;
-the test scripts decide what is acceptable.
+"""Clients that try to take more than their share of a server (connections that stall in
+the handshake, floods of connections, connections that ask for as much memory or as many
+exports as they can), and readings of what the server then holds (/proc, fs.aio-nr). The
+helpers return numbers; the test scripts decide what is acceptable.
 """
 import errno
 import os
@@ -167,3 +167,59 @@ def flood(path, connects, hold, duration):
     for s in held:
         s.close()
     return took, failed
+
+
+def open_export(sock, name):
+    """A connection to export `name` that knows the export's description."""
+    h = nbd.NBD()
+    h.set_strict_mode(0)
+    h.set_full_info(True)
+    h.set_export_name(name)
+    h.connect_unix(sock)
+    return h
+
+
+def aio_nr():
+    with open("/proc/sys/fs/aio-nr") as f:
+        return int(f.read())
+
+
+def aio_contexts(pid):
+    """The sizes in bytes of a process's AIO rings (one mapping per context)."""
+    sizes = []
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            if "/[aio]" in line:
+                lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+                sizes.append(hi - lo)
+    return sizes
+
+
+def other_aio_holders(pid):
+    """Processes other than `pid` that hold AIO contexts now."""
+    others = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit() or int(p) == int(pid):
+            continue
+        try:
+            with open(f"/proc/{p}/maps") as f:
+                if "/[aio]" in f.read():
+                    others.append(int(p))
+        except OSError:
+            pass
+    return others
+
+
+def expect_aio_rise(pid, base, want, what):
+    """fs.aio-nr is `want` above `base`. It counts every process's contexts: outside CI
+    (where tests run one at a time) a difference is excused, and printed, when other
+    processes hold contexts, as lib.sh's expect_aio_nr does."""
+    rise = aio_nr() - base
+    if rise == want:
+        return
+    others = other_aio_holders(pid)
+    if os.environ.get("CI") != "true" and others:
+        print(f"  {what}: fs.aio-nr rose by {rise}, not {want}; processes {others} hold AIO "
+              f"contexts: not compared")
+        return
+    raise AssertionError(f"{what}: fs.aio-nr rose by {rise}, not {want}")
