@@ -4,10 +4,12 @@ exports as they can), and readings of what the server then holds (/proc, fs.aio-
 helpers return numbers; the test scripts decide what is acceptable.
 """
 import errno
+import multiprocessing
 import os
 import random
 import selectors
 import socket
+import threading
 import time
 
 import nbd
@@ -223,3 +225,211 @@ def expect_aio_rise(pid, base, want, what):
               f"contexts: not compared")
         return
     raise AssertionError(f"{what}: fs.aio-nr rose by {rise}, not {want}")
+
+
+class Storm:
+    """`connections` connections that each keep `depth` requests in flight, reads and
+    writes in turn, all of them of the whole of one shared nbd.Buffer at `offsets` (the
+    client's memory stays at that one buffer however many requests are in flight), until
+    stop() or until the server hangs up. Counts what the server answered."""
+
+    def __init__(self, uri, connections, depth, buf, offsets):
+        self.uri, self.n, self.depth, self.buf, self.offsets = uri, connections, depth, buf, offsets
+        self._stop = threading.Event()
+        self._go = threading.Event()
+        self._lock = threading.Lock()  # protects the counters below
+        self.connected = self.refused = self.disconnects = self.done = 0
+        self.errors = {}  # errno name: requests that failed with it
+        self._threads = []
+        self._handles = []
+
+    def _add(self, field, n=1):
+        with self._lock:
+            setattr(self, field, getattr(self, field) + n)
+
+    def _error(self, e):
+        name = errno.errorcode.get(e.errnum, str(e.errnum)) if e.errnum else "none"
+        with self._lock:
+            self.errors[name] = self.errors.get(name, 0) + 1
+
+    def _connection(self, k, h):
+        self._go.wait()
+        i = in_flight = 0
+        try:
+            while not self._stop.is_set():
+                while in_flight < self.depth:
+                    off = self.offsets[(k * self.depth + i) % len(self.offsets)]
+                    (h.aio_pwrite if i % 2 else h.aio_pread)(self.buf, off)
+                    i += 1
+                    in_flight += 1
+                h.poll(200)
+                while in_flight:
+                    cookie = h.aio_peek_command_completed()
+                    if cookie <= 0:
+                        break
+                    in_flight -= 1
+                    try:
+                        h.aio_command_completed(cookie)
+                        self._add("done")
+                    except nbd.Error as e:
+                        self._error(e)
+                if h.aio_is_dead():
+                    raise nbd.Error("the server hung up", 0)
+        except nbd.Error:
+            self._add("disconnects")
+
+    def start(self):
+        """Connects one connection after the other (so that none is refused for having
+        arrived with too many others), then starts them all at once."""
+        handles = []
+        for _ in range(self.n):
+            h = nbd.NBD()
+            h.set_strict_mode(0)  # sizes beyond the advertised maximum go out as given
+            try:
+                h.connect_uri(self.uri)
+                handles.append(h)
+            except nbd.Error:
+                self.refused += 1
+        self.connected = len(handles)
+        self._handles = handles  # closed by stop(), once no thread uses them
+        self._threads = [threading.Thread(target=self._connection, args=(k, h), daemon=True)
+                         for k, h in enumerate(handles)]
+        for t in self._threads:
+            t.start()
+        self._go.set()  # all at once, once every thread runs
+
+    def running(self):
+        return sum(t.is_alive() for t in self._threads)
+
+    def stop(self):
+        """Stops: the clients go away without waiting for the answers still due. Their
+        sockets are shut down first: a thread may be inside libnbd, pushing out a write for
+        as long as the server keeps reading it."""
+        self._stop.set()
+        for h in self._handles:
+            try:
+                s = socket.socket(fileno=os.dup(h.aio_get_fd()))
+            except nbd.Error:  # the server hung up on it
+                continue
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+        for t in self._threads:
+            t.join()
+        self._threads.clear()  # each held a reference to its handle
+        self._handles.clear()
+
+    def summary(self):
+        return (f"{self.connected} connected ({self.refused} refused), {self.done} requests "
+                f"served, failed: {self.errors or 'none'}, {self.disconnects} disconnected by "
+                f"the server")
+
+
+class Verifier:
+    """A well-behaved client in a process of its own (so that no thread of the test can
+    hold it up): one request at a time, 4 KiB to 64 KiB reads and writes at unaligned
+    offsets within the first `size` bytes (zeroes at the start), each checked against a
+    shadow. Its first failure ends it and is kept in `failure`."""
+
+    def __init__(self, uri, size, seed):
+        ctx = multiprocessing.get_context("fork")
+        self._requests = ctx.Value("q", 0)
+        self._slowest = ctx.Value("d", 0.0)  # seconds, the longest request
+        self._slowest_at = ctx.Value("d", 0.0)  # when it started (time.monotonic())
+        self._failure = ctx.Array("c", 2000)
+        self._stop = ctx.Event()
+        self._process = ctx.Process(target=self._run, args=(uri, size, seed), daemon=True)
+
+    @property
+    def requests(self):
+        return self._requests.value
+
+    @property
+    def slowest(self):
+        return self._slowest.value
+
+    @property
+    def slowest_at(self):
+        return self._slowest_at.value
+
+    @property
+    def failure(self):
+        return self._failure.value.decode() or None
+
+    def _run(self, uri, size, seed):
+        try:
+            h = nbd.NBD()
+            h.set_strict_mode(0)
+            h.connect_uri(uri)
+            rng, shadow = random.Random(seed), bytearray(size)
+            while not self._stop.is_set():
+                n = rng.randint(4096, 65536)
+                off = rng.randrange(size - n)
+                t0 = time.monotonic()
+                if rng.random() < 0.5:
+                    data = rng.randbytes(n)
+                    h.pwrite(data, off)
+                    shadow[off:off + n] = data
+                elif h.pread(n, off) != shadow[off:off + n]:
+                    raise AssertionError(f"the read of {n} bytes at {off} differs from what "
+                                         f"was written")
+                if time.monotonic() - t0 > self._slowest.value:
+                    self._slowest.value, self._slowest_at.value = time.monotonic() - t0, t0
+                self._requests.value += 1
+            h.flush()
+            h.shutdown()
+        except Exception as e:  # reported through `failure`
+            self._failure.value = repr(e).encode()[:1999]
+
+    def start(self):
+        self._process.start()
+
+    def wait_requests(self, n, timeout):
+        """True once `n` more requests than now have been served."""
+        want, deadline = self.requests + n, time.monotonic() + timeout
+        while self.requests < want and self.failure is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.requests >= want
+
+    def stop(self):
+        self._stop.set()
+        self._process.join()
+
+
+class Sampler:
+    """Samples a process's VmHWM, VmRSS and RssAnon (KiB) every `interval` seconds and keeps
+    the peaks, until stopped."""
+
+    KEYS = ("VmHWM", "VmRSS", "RssAnon")
+
+    def __init__(self, pid, interval=0.1):
+        self.pid, self.interval = pid, interval
+        self.peak = dict.fromkeys(self.KEYS, 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def read(self):
+        got = {}
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in self.KEYS:
+                    got[key] = int(value.split()[0])
+        return got
+
+    def _run(self):
+        while not self._stop.is_set():
+            for k, v in self.read().items():
+                self.peak[k] = max(self.peak[k], v)
+            self._stop.wait(self.interval)
+
+    def start(self):
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+        for k, v in self.read().items():
+            self.peak[k] = max(self.peak[k], v)
