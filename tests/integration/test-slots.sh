@@ -7,7 +7,8 @@
 # at once, the rest are closed at once, all are gone after the timeout, and the server's
 # threads and fds are back where they were. (3) At a descriptor limit of 300, the plugin
 # serves fewer connections and says so; a flood of 2000 connects (300 held open) grows the log
-# by at most a few lines a second, costs the server little CPU, and leaves it serving.
+# by at most a few lines a second, costs the server little CPU, and leaves it serving, with
+# the descriptors it had before.
 # Timeline: every connection to one export counted against the one global limit, so a client
 # holding 64 idle connections to A locked everyone out of B; nothing bounded connections in
 # the handshake, so 500 stalled clients held 500 threads until the timeout; and at the fd
