@@ -1,6 +1,7 @@
-// The I/O engine: how a batch of reads and writes reaches the kernel. One engine per NBD
-// connection, shared by that connection's nbdkit worker threads; each thread hands it the
-// iocbs of one request and gets control back when all of them are done.
+// The I/O engine: how a batch of reads and writes reaches the kernel. One engine per open
+// export (src/engine_share.cpp), shared by the nbdkit worker threads of all its
+// connections; each thread hands it the ops of one request and gets control back when all
+// of them are done.
 #pragma once
 
 #include <cstddef>
