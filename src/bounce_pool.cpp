@@ -211,8 +211,9 @@ void BouncePool::give_back(Client* client, char* data, std::size_t size) noexcep
   dispatch();
 }
 
-void BouncePool::trim() noexcept {
+void BouncePool::trim(std::size_t keep) noexcept {
   std::lock_guard lock(mu_);
+  if (resident_ - leased_ <= keep) return;  // (leased blocks are all resident)
   for (int o = 0; o <= max_order_; ++o)
     for (std::uint32_t u = heads_[static_cast<std::size_t>(o)]; u != kNone; u = next_[u]) {
       const std::uint32_t end = u + (1u << o);

@@ -194,7 +194,11 @@ ExportMetrics Service::export_metrics(const std::string& name, const std::string
 }
 
 void Service::disconnect() noexcept {
-  if (!slots_.close()) return;
+  constexpr std::size_t kKeepCached = 4u << 20;  // what a few busy connections reuse
+  if (!slots_.close()) {
+    pool_.trim(kKeepCached);
+    return;
+  }
   pool_.trim();
   ::malloc_trim(0);
 }

@@ -98,9 +98,9 @@ class BouncePool {
     std::uint64_t waits = 0;   // leases that had to wait
   };
   Stats stats();
-  // Gives the pages of every free block back to the system (the region stays reserved):
-  // after a burst, an idle server's RSS falls back.
-  void trim() noexcept;
+  // Gives the pages of every free block back to the system (the region stays reserved),
+  // when more than `keep` bytes of them are resident: after a burst, the RSS falls back.
+  void trim(std::size_t keep = 0) noexcept;
 
  private:
   struct Waiter;

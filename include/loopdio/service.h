@@ -36,8 +36,9 @@ class Service {
   // `name` asks for (any name, with file=); the caller then attaches to it with
   // connections_per_export(). Throws loopdio::Error (EBUSY beyond the limit).
   std::shared_ptr<Export> connect(const std::string& name);
-  // The last connection gone, the memory its requests used goes back to the system: the
-  // bounce pool's free pages, and what malloc keeps of nbdkit's request buffers.
+  // A connection gone, the bounce pool's free pages beyond a few MiB go back to the system
+  // (the others' requests keep theirs); the last one gone, all of them, and what malloc
+  // keeps of nbdkit's request buffers.
   void disconnect() noexcept;
   unsigned connections() const { return slots_.open_now(); }
   // The process's limits as applied (shown by `status`); set before the control socket starts.

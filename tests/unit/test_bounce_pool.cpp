@@ -206,6 +206,8 @@ TEST(BouncePool, TrimGivesFreePagesBack) {
   BouncePool::Lease keep = std::move(burst[0]);
   burst.clear();
   EXPECT_EQ(pool.stats().resident, std::size_t{32} << 20);
+  pool.trim(std::size_t{28} << 20);
+  EXPECT_EQ(pool.stats().resident, std::size_t{32} << 20) << "28 MiB free: no more than kept";
   pool.trim();
   EXPECT_EQ(pool.stats().resident, std::size_t{4} << 20) << "only the block on loan";
   EXPECT_EQ(rss_of(freed, 4 << 20), 0u) << "a free block's pages are still resident";
