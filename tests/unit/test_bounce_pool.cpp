@@ -32,6 +32,9 @@ TEST(BouncePool, ManyRequestsNeverExceedTheBounds) {
   BouncePool::Client clients[4];
   std::atomic<std::size_t> held[4] = {};
   std::atomic<std::size_t> total{0}, max_total{0}, max_client{0};
+  // Client 0 at its share before anyone starts: its threads must wait (not only when the
+  // scheduler happens to run them together), until the first one has.
+  BouncePool::Lease block = pool.acquire(&clients[0], 4 << 20);
   std::vector<std::thread> threads;
   for (int t = 0; t < 16; ++t)
     threads.emplace_back([&, t] {
@@ -51,6 +54,10 @@ TEST(BouncePool, ManyRequestsNeverExceedTheBounds) {
         held[c] -= l.size();
       }
     });
+  for (auto deadline = std::chrono::steady_clock::now() + 30s;
+       pool.stats().waits == 0 && std::chrono::steady_clock::now() < deadline;)
+    std::this_thread::yield();
+  block.reset();
   for (auto& th : threads) th.join();
   EXPECT_LE(max_total.load(), std::size_t{8} << 20);
   EXPECT_LE(max_client.load(), std::size_t{4} << 20);
