@@ -212,13 +212,15 @@ int loopdio_after_fork() {
 int loopdio_preconnect(int) {
   if (!g_slots.arrive()) {
     std::uint64_t left_out = 0;
-    if (g_handshake_refusals.due(left_out) && left_out == 0)
-      nbdkit_error("too many connections in the handshake: max-handshakes=%u; refused",
-                   g_slots.max_handshakes());
-    else if (left_out > 0)
-      nbdkit_error("too many connections in the handshake: max-handshakes=%u; refused, "
-                   "and %" PRIu64 " more since the last such line",
-                   g_slots.max_handshakes(), left_out);
+    if (g_handshake_refusals.due(left_out)) {  // else counted, for the next line
+      if (left_out == 0)
+        nbdkit_error("too many connections in the handshake: max-handshakes=%u; refused",
+                     g_slots.max_handshakes());
+      else
+        nbdkit_error("too many connections in the handshake: max-handshakes=%u; refused, "
+                     "and %" PRIu64 " more since the last such line",
+                     g_slots.max_handshakes(), left_out);
+    }
     return -1;
   }
   t_slot.held = true;

@@ -28,13 +28,8 @@ std::unique_ptr<Export> Export::open(const Options& o, ServerShared& shared,
   std::unique_ptr<Export> x(new Export);
   x->name_ = name;
   x->groups_ = &shared.groups;
-  ThrottleLimits own = o.limits;
-  own.group.clear();
-  x->throttle_ = std::make_shared<Throttle>(shared.clock, own);
-  if (!o.limits.group.empty()) {
-    x->group_.store(shared.groups.get(o.limits.group));
-    x->grouped_.store(true);
-  }
+  x->throttle_ = std::make_shared<Throttle>(shared.clock, ThrottleLimits{});
+  x->set_limits(o.limits);
   BouncePool& pool = shared.pool;
   x->bounce_group_ = std::make_unique<BouncePool::Group>(pool);
   x->stats_ = std::move(stats);

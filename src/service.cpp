@@ -43,11 +43,8 @@ void Service::load_limits_file(const std::string& path) {
     if (key != "groups" && key != "exports")
       throw Error(what + ": unknown member \"" + safe_encode(key) + "\" (groups, exports)");
   if (j.contains("groups"))
-    for (auto& [name, l] : j.at("groups").items()) {
-      ThrottleLimits limits;
-      apply_limit(limits, "group", name);  // checks the name
+    for (auto& [name, l] : j.at("groups").items())
       groups_.set(name, limits_from_json(l, what + ": group " + name));
-    }
   if (j.contains("exports"))
     for (auto& [name, l] : j.at("exports").items()) {
       ThrottleLimits limits = limits_from_json(l, what + ": export " + safe_encode(name));
@@ -76,14 +73,8 @@ Json Service::set_limits(std::string_view args) {
   ThrottleLimits l;
   if (target.starts_with("group:")) {
     const std::string name = target.substr(6);
-    ThrottleLimits base;
-    try {
-      base = groups_.get(name)->limits();
-    } catch (const Error&) {  // a new group
-      apply_limit(base, "group", name);  // checks the name
-      base = ThrottleLimits{};
-    }
-    l = parse_limits(base, words);
+    std::shared_ptr<Throttle> g = groups_.find(name);  // none: a new group
+    l = parse_limits(g ? g->limits() : ThrottleLimits{}, words);
     groups_.set(name, l);
   } else if (single_) {
     if (!target.empty()) throw Error("set limits: this server serves one image: name no export");
@@ -95,8 +86,6 @@ Json Service::set_limits(std::string_view args) {
   }
   return Json{{"ok", true}, {"limits", l.json()}};
 }
-
-
 
 std::shared_ptr<Export> Service::connect(const std::string& name) {
   if (!slots_.open())

@@ -275,6 +275,7 @@ void ThrottleClock::run() {
 }
 
 void ThrottleGroups::set(const std::string& name, const ThrottleLimits& limits) {
+  check_group_name(name);
   if (!limits.group.empty()) throw Error("group:" + name + ": a group cannot be in a group");
   std::shared_ptr<Throttle> t;
   {
@@ -289,13 +290,18 @@ void ThrottleGroups::set(const std::string& name, const ThrottleLimits& limits) 
   t->set(limits);
 }
 
-std::shared_ptr<Throttle> ThrottleGroups::get(const std::string& name) const {
+std::shared_ptr<Throttle> ThrottleGroups::find(const std::string& name) const {
   std::lock_guard lock(mu_);
   auto it = groups_.find(name);
-  if (it == groups_.end())
+  return it != groups_.end() ? it->second : nullptr;
+}
+
+std::shared_ptr<Throttle> ThrottleGroups::get(const std::string& name) const {
+  std::shared_ptr<Throttle> t = find(name);
+  if (!t)
     throw Error("group=" + name + ": no such group (make it first: set limits group:" + name +
                 " iops=... bps=..., or in the limits file)");
-  return it->second;
+  return t;
 }
 
 std::vector<std::pair<std::string, std::shared_ptr<Throttle>>> ThrottleGroups::all() const {

@@ -67,10 +67,7 @@ void apply_limit(ThrottleLimits& l, std::string_view key, std::string_view value
     l.iops_size = value == "none" ? 0 : parse_size(key, value);
     if (l.iops_size && l.iops_size < 512) bad(key, value, "expected 512 bytes or more, or 0");
   } else if (key == "group") {
-    if (value.size() > 64) bad(key, value, "a group name has at most 64 characters");
-    for (char c : value)
-      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.')
-        bad(key, value, "a group name holds letters, digits, '-', '_' and '.' only");
+    check_group_name(value);
     l.group = value;
   } else if (locate(key, b, f)) {
     BucketLimit& x = l.bucket[static_cast<std::size_t>(b)];
@@ -81,6 +78,13 @@ void apply_limit(ThrottleLimits& l, std::string_view key, std::string_view value
     throw Error("unknown limit \"" + safe_encode(key) + "\" (iops, iops-read, iops-write, bps, " +
                 "bps-read, bps-write, each with -max and -max-length; iops-size; group)");
   }
+}
+
+void check_group_name(std::string_view name) {
+  if (name.size() > 64) bad("group", name, "a group name has at most 64 characters");
+  for (char c : name)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.')
+      bad("group", name, "a group name holds letters, digits, '-', '_' and '.' only");
 }
 
 void check_limits(const ThrottleLimits& l) {

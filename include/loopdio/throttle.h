@@ -138,8 +138,11 @@ class ThrottleClock {
 class ThrottleGroups {
  public:
   explicit ThrottleGroups(ThrottleClock& clock) : clock_(clock) {}
-  // Makes group `name` with `limits`, or changes its limits.
+  // Makes group `name` with `limits`, or changes its limits. Throws loopdio::Error for a
+  // name that cannot name a group.
   void set(const std::string& name, const ThrottleLimits& limits);
+  // The group, or null.
+  std::shared_ptr<Throttle> find(const std::string& name) const;
   // The group, or a loopdio::Error naming it when there is none.
   std::shared_ptr<Throttle> get(const std::string& name) const;
   std::vector<std::pair<std::string, std::shared_ptr<Throttle>>> all() const;

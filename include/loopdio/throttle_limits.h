@@ -47,6 +47,8 @@ bool is_limit_key(std::string_view key);
 // Sets one key of `l` (the plugin's parameters and `set limits` words). Throws
 // loopdio::Error ("iops=-5: not a number ...") naming the key and value.
 void apply_limit(ThrottleLimits& l, std::string_view key, std::string_view value);
+// Throws loopdio::Error unless `name` can name a group (letters, digits, '-', '_', '.').
+void check_group_name(std::string_view name);
 
 // The limits `words` ("iops=500 bps=50M ...") make of `base`: each word replaces its key;
 // a word "none" (alone) clears every limit but the group. Throws loopdio::Error.

@@ -14,6 +14,8 @@ import time
 
 import nbd
 
+from nbdtest import connect_or_reason  # noqa: F401 (the tests call it from here)
+
 # The start of an option: the client's flags (fixed newstyle, no zeroes), then an option
 # header cut after its magic. The server waits for the rest.
 HALF_OPTION = (3).to_bytes(4, "big") + b"IHAVEOPT"
@@ -36,31 +38,6 @@ def proc_numbers(pid):
         "hwm": int(status["VmHWM"][0]),
         "rss": int(status["VmRSS"][0]),
     }
-
-
-def connect_or_reason(sock, name):
-    """A handle to export `name` on the Unix socket `sock`, or the reason the server gave for
-    refusing it (a str): the message it sends with its error reply, which libnbd before 1.16
-    shows only in its debug output. Raises when the connection fails without a reason."""
-    said = []
-
-    def debug(context, msg):
-        if "server error message: " in msg:
-            said.append(msg.split("server error message: ", 1)[1])
-
-    h = nbd.NBD()
-    h.set_strict_mode(0)
-    h.set_debug_callback(debug)
-    h.set_debug(True)
-    h.set_export_name(name)
-    try:
-        h.connect_unix(sock)
-    except nbd.Error as e:
-        if not said:
-            raise AssertionError(f"export {name!r}: refused with no reason from the server: {e}")
-        return said[-1]
-    h.set_debug(False)
-    return h
 
 
 def write_and_verify(h, seed, size):

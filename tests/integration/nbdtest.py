@@ -42,11 +42,11 @@ def random_io(uri, size, rounds, seed, shadow, max_len=70000, connections=1):
     return rounds
 
 
-def refusal(sock, name):
-    """The reason the server gives for refusing export `name` on the Unix socket `sock`:
-    the message it sends with its error reply (libnbd before 1.16 shows it only in its
-    debug output, where it is read from here). Fails when the export is served, or when
-    the connection fails in any other way than a refusal."""
+def connect_or_reason(sock, name):
+    """A handle to export `name` on the Unix socket `sock` (strict mode relaxed), or the
+    reason the server gave for refusing it (a str): the message it sends with its error
+    reply, which libnbd before 1.16 shows only in its debug output, where it is read from
+    here. Raises when the connection fails without a reason."""
     said = []
 
     def debug(context, msg):
@@ -54,6 +54,7 @@ def refusal(sock, name):
             said.append(msg.split("server error message: ", 1)[1])
 
     h = nbd.NBD()
+    h.set_strict_mode(0)
     h.set_debug_callback(debug)
     h.set_debug(True)
     h.set_export_name(name)
@@ -64,6 +65,17 @@ def refusal(sock, name):
             raise AssertionError(f"export {name!r}: the connection failed with no reason "
                                  f"from the server: {e}")
         return said[-1]
+    h.set_debug(False)
+    return h
+
+
+def refusal(sock, name):
+    """The reason the server gives for refusing export `name` on the Unix socket `sock`.
+    Fails when the export is served, or when the connection fails in any other way than a
+    refusal."""
+    h = connect_or_reason(sock, name)
+    if isinstance(h, str):
+        return h
     h.shutdown()
     raise AssertionError(f"export {name!r} was served")
 
