@@ -7,9 +7,10 @@
 #  - a live change, `loopdio set`'s control command, from 2,000 to 500 and back, timed by a
 #    client that sends the change itself: the first second after each change is at the new
 #    rate already, and so are the seconds that follow;
-#  - two exports of one server, one throttled and saturated: the other's IOPS stay within
-#    10% of what it gets alone (a throttled request waits in its own thread, holding
-#    nothing the other export needs), its p99 is printed;
+#  - two exports of one server, one throttled and saturated: the other's IOPS and p99 stay
+#    within 10% of what it gets beside the same load served by a second server (a throttled
+#    request waits in its own thread, holding nothing the other export needs); what it
+#    gets alone is printed beside them;
 #  - bad limits are refused with one line, and change nothing.
 source "$(dirname "$0")/lib.sh"
 require_root
@@ -140,60 +141,96 @@ assert 1900 <= up_after <= 2100, up_after
 PY
 pass "a live change to 500 and back to 2,000 holds from the first second"
 
-# Two exports: b alone, and b while a is throttled and saturated (QD32 on 4 connections
-# against 50 IOPS). On a shared 2-core machine one run differs from the next by more than
-# 10%: ten pairs, alone and beside taken in turn (a's client stopped and continued), the
-# median of each. The work a is allowed costs the machine's CPUs wherever it is served: on
-# 2 cores b's p99 rose by about 9% beside a at 100 IOPS and by two thirds at 500, as much
-# as when a second server process served those requests from tmpfs.
+# Two exports: b (unthrottled, QD1), and a, throttled to 50 IOPS and saturated (QD32 on 4
+# connections). What the server shares must not slow b: b beside a in this server is
+# compared with b beside the same load on a twin of a served by a second server process
+# (a2.img on a's disk, the same limit). Both cost the machine's 2 CPUs the same; only the
+# first shares loopdio's pools, locks, clock and threads with b. b's IOPS and p99 stay within
+# 10% of the twin's. b alone (both loads stopped) is measured too and printed: on this 2-core
+# VM b's IOPS came out 89-95% of alone beside either load, as the CPU time of a's requests
+# and clients is taken from b wherever they are served. One run differs from the next by more
+# than 10% here: ten rounds of the three, in turn (the loads stopped and continued), each
+# condition's figure the median of its ten.
 limits a.img none iops=50
-a_throttled() {
-  ctl status | $PYTHON -c 'import json, sys
-e = [e for e in json.load(sys.stdin)["exports"] if e["name"] == "a.img"][0]
+truncate -s 256M "$other/a2.img"
+main_sock=$SOCK main_pid=$SERVER_PID main_log=$SERVER_LOG
+start_server -- file="$other/a2.img" iops=50 control="$T/ctl2"
+twin_sock=$SOCK twin_pid=$SERVER_PID twin_log=$SERVER_LOG
+SOCK=$main_sock SERVER_PID=$main_pid SERVER_LOG=$main_log
+throttle_state() {  # throttle_state CONTROL-SOCKET: a.img's (or the only export's) requests
+  # throttled so far, and waiting now
+  $PYTHON "$TESTS_DIR/control_client.py" "$1" status | $PYTHON -c 'import json, sys
+s = json.load(sys.stdin)  # with dir=, its exports; with file=, the one export itself
+e = [e for e in s["exports"] if e["name"] == "a.img"][0] if "exports" in s else s
 print(e.get("throttled", 0), e.get("throttle_waiting", 0))'
 }
-a_busy() { [ "$(a_throttled | cut -d" " -f2)" -gt 0 ]; }
-a_quiet() {  # nothing waits, and nothing came in for a moment
+busy() { [ "$(throttle_state "$1" | cut -d" " -f2)" -gt 0 ]; }
+quiet() {  # nothing waits, and nothing came in for a moment
   local was
-  was=$(a_throttled)
-  [ "${was#* }" = 0 ] && sleep 0.3 && [ "$(a_throttled)" = "$was" ]
+  was=$(throttle_state "$1")
+  [ "${was#* }" = 0 ] && sleep 0.3 && [ "$(throttle_state "$1")" = "$was" ]
 }
-taskset -c 1 fio --name=noisy --ioengine=nbd --uri="$uri_a" --rw=randread --bs=4k --iodepth=32 \
-  --numjobs=4 --time_based --runtime=900 >/dev/null 2>&1 &
-noisy=$!
-at_exit "kill -CONT $noisy; pkill -CONT -P $noisy; kill $noisy"
+noisy() {  # noisy NAME URI: a saturating client, stopped; its pid in $NAME
+  taskset -c 1 fio --name="$1" --ioengine=nbd --uri="$2" --rw=randread --bs=4k --iodepth=32 \
+    --numjobs=4 --time_based --runtime=900 >/dev/null 2>&1 &
+  eval "$1=$!"
+  at_exit "kill -CONT $! ; pkill -CONT -P $!; kill $!"
+}
+noisy same "$uri_a"
+noisy twin "nbd+unix:///?socket=$twin_sock"
 # fio and its jobs (each in a session of its own, so not one process group)
-a_client() { kill "-$1" $noisy; pkill "-$1" -P $noisy; }
-wait_until 60 a_busy || fail "a is not throttled"
-for round in $(seq 10); do
-  a_client STOP
-  wait_until 60 a_quiet || fail "a's requests did not drain"
-  fio_run "alone$round" "$uri_b" 3 1 --iodepth=1 --cpus_allowed=0
-  a_client CONT
-  wait_until 60 a_busy || fail "a is not throttled"
-  fio_run "beside$round" "$uri_b" 3 1 --iodepth=1 --cpus_allowed=0
+load() { kill "-$1" "$2"; pkill "-$1" -P "$2"; }
+ctl_of() { if [ "$1" = same ]; then echo "$T/ctl"; else echo "$T/ctl2"; fi; }
+measure() {  # measure CONDITION ROUND: b's figures, with the load CONDITION names running
+  if [ "$1" != alone ]; then
+    load CONT "${!1}"
+    wait_until 60 busy "$(ctl_of "$1")" || fail "$1: a is not throttled"
+  fi
+  fio_run "$1$2" "$uri_b" 3 1 --iodepth=1 --cpus_allowed=0
+  if [ "$1" != alone ]; then
+    load STOP "${!1}"
+    wait_until 60 quiet "$(ctl_of "$1")" || fail "$1: a's requests did not drain"
+  fi
+}
+for c in same twin; do
+  wait_until 60 busy "$(ctl_of $c)" || fail "$c: a is not throttled"
+  load STOP "${!c}"
+  wait_until 60 quiet "$(ctl_of $c)" || fail "$c: a's requests did not drain"
 done
-kill $noisy
-wait $noisy || true
+for round in $(seq 10); do
+  case $((round % 3)) in
+    0) order="alone same twin" ;;
+    1) order="same twin alone" ;;
+    2) order="twin alone same" ;;
+  esac
+  for c in $order; do measure "$c" "$round"; done
+done
 $PYTHON - "$T" <<'PY' || fail "the other export"
 import json, statistics, sys
 def figures(name):
     text = open(f"{sys.argv[1]}/{name}.json").read()
     r = json.loads(text[text.index("{"):])["jobs"][0]["read"]
     return r["iops"], r["clat_ns"]["percentile"]["99.000000"] / 1000
-alone = [figures(f"alone{k}") for k in range(1, 11)]
-beside = [figures(f"beside{k}") for k in range(1, 11)]
-print("  b alone:  ", ", ".join(f"{i:.0f}/{p:.0f}" for i, p in alone), "(IOPS/p99 us)")
-print("  b beside: ", ", ".join(f"{i:.0f}/{p:.0f}" for i, p in beside))
-i0, p0 = statistics.median(a[0] for a in alone), statistics.median(a[1] for a in alone)
-i1, p1 = statistics.median(b[0] for b in beside), statistics.median(b[1] for b in beside)
-print(f"  medians: alone {i0:.0f} IOPS, p99 {p0:.0f} us; beside a throttled, saturated a: "
-      f"{i1:.0f} IOPS ({100 * i1 / i0:.0f}%), p99 {p1:.0f} us ({100 * p1 / p0:.0f}%)")
-assert i1 >= 0.9 * i0, f"IOPS {i1:.0f} < 90% of {i0:.0f}"
-# Not asserted yet: b's p99 beside a saturated a came out 7-17% above alone on this 2-core
-# VM whatever a's limit (50, 100 IOPS), and 52-68% at 500; the cause is not found yet.
+runs = {c: [figures(f"{c}{k}") for k in range(1, 11)] for c in ("alone", "same", "twin")}
+med = {c: (statistics.median(i for i, _ in v), statistics.median(p for _, p in v))
+       for c, v in runs.items()}
+for c, what in (("alone", "b alone"), ("same", "b beside a, one server"),
+                ("twin", "b beside a's twin, two servers")):
+    print(f"  {what + ':':32}", ", ".join(f"{i:.0f}/{p:.0f}" for i, p in runs[c]),
+          f"(IOPS/p99 us); median {med[c][0]:.0f}/{med[c][1]:.0f}")
+(i0, p0), (i1, p1), (i2, p2) = med["alone"], med["same"], med["twin"]
+print(f"  one server against two: IOPS {100 * i1 / i2:.0f}%, p99 {100 * p1 / p2:.0f}%; "
+      f"against b alone: IOPS {100 * i1 / i0:.0f}%, p99 {100 * p1 / p0:.0f}%")
+assert i1 >= 0.9 * i2, f"IOPS {i1:.0f} < 90% of {i2:.0f}, what b gets beside a's twin"
+assert p1 <= 1.1 * p2, f"p99 {p1:.0f} us > 110% of {p2:.0f} us, what b gets beside a's twin"
 PY
-pass "a throttled, saturated export leaves the other's IOPS within 10% (p99: printed above)"
+pass "a throttled, saturated export slows the other no more than the same load in another server"
+kill "$same" "$twin"
+load CONT "$same"
+load CONT "$twin"
+wait "$same" "$twin" || true
+SOCK=$twin_sock SERVER_PID=$twin_pid SERVER_LOG=$twin_log stop_server
+SOCK=$main_sock SERVER_PID=$main_pid SERVER_LOG=$main_log
 
 # Bad limits: one line each, and the limits stay as they were.
 before=$(ctl status | $PYTHON -c 'import json, sys
