@@ -25,16 +25,33 @@ unsigned open_fds() {
   return n;
 }
 
-// Threads started from now on get kThreadStack (unless their creator sets a size).
+// Threads started from now on get kThreadStack (unless their creator sets a size), once a
+// thread is seen to start with it: glibc refuses (EINVAL) a stack that cannot hold the
+// static TLS, which a sanitizer's runtime makes larger than that.
 void small_stacks(ProcessLimits& pl) {
   pthread_attr_t a;
   if (::pthread_getattr_default_np(&a) != 0) return;
   std::size_t size = 0;
   ::pthread_attr_getstacksize(&a, &size);
-  int r = size > kThreadStack ? ::pthread_attr_setstacksize(&a, kThreadStack) : 0;
-  if (r == 0 && size > kThreadStack) r = ::pthread_setattr_default_np(&a);
+  if (size <= kThreadStack) {
+    ::pthread_attr_destroy(&a);
+    return;
+  }
+  int r = ::pthread_attr_setstacksize(&a, kThreadStack);
+  if (r == 0) r = ::pthread_setattr_default_np(&a);
+  if (r == 0) {
+    pthread_t probe;
+    r = ::pthread_create(&probe, nullptr, [](void*) -> void* { return nullptr; }, nullptr);
+    if (r == 0) {
+      ::pthread_join(probe, nullptr);
+    } else {  // back to the size threads started with before
+      ::pthread_attr_setstacksize(&a, size);
+      ::pthread_setattr_default_np(&a);
+    }
+  }
   if (r != 0)
-    pl.notes.push_back(std::string("thread stacks stay at their default size: ") + std::strerror(r));
+    pl.notes.push_back("thread stacks stay at " + human_size(size) + ": a thread with " +
+                       human_size(kThreadStack) + " does not start: " + std::strerror(r));
   ::pthread_attr_destroy(&a);
 }
 
@@ -114,8 +131,8 @@ ProcessLimits apply_process_limits(const Options& o) noexcept {
     // Freed request buffers (nbdkit's grow to the largest request and are freed with their
     // thread) go back to the system instead of staying in malloc's arenas.
     ::mallopt(M_MMAP_THRESHOLD, kMmapThreshold);
-    if (o.memory_max) small_stacks(pl);
     limit_memory(o, pl);
+    if (pl.memory_max) small_stacks(pl);  // stacks count against the limit
     limit_fds(o, pl);
   } catch (...) {  // out of memory for the notes: the limits applied so far stay
   }

@@ -147,10 +147,11 @@ pass "a live change to 500 and back to 2,000 holds from the first second"
 # (a2.img on a's disk, the same limit). Both cost the machine's 2 CPUs the same; only the
 # first shares loopdio's pools, locks, clock and threads with b. b's IOPS and p99 stay within
 # 10% of the twin's. b alone (both loads stopped) is measured too and printed: on this 2-core
-# VM b's IOPS came out 89-95% of alone beside either load, as the CPU time of a's requests
+# VM b's IOPS came out 89-98% of alone beside either load, as the CPU time of a's requests
 # and clients is taken from b wherever they are served. One run differs from the next by more
-# than 10% here: ten rounds of the three, in turn (the loads stopped and continued), each
-# condition's figure the median of its ten.
+# than 10% here (p99 by up to 30%): twenty rounds of the three, in turn (the loads stopped and
+# continued), and of each round the ratio of one server's figures to two servers'; the
+# median of the twenty ratios is what is asserted.
 limits a.img none iops=50
 truncate -s 256M "$other/a2.img"
 main_sock=$SOCK main_pid=$SERVER_PID main_log=$SERVER_LOG
@@ -186,7 +187,7 @@ measure() {  # measure CONDITION ROUND: b's figures, with the load CONDITION nam
     load CONT "${!1}"
     wait_until 60 busy "$(ctl_of "$1")" || fail "$1: a is not throttled"
   fi
-  fio_run "$1$2" "$uri_b" 3 1 --iodepth=1 --cpus_allowed=0
+  fio_run "$1$2" "$uri_b" 2 1 --iodepth=1 --cpus_allowed=0
   if [ "$1" != alone ]; then
     load STOP "${!1}"
     wait_until 60 quiet "$(ctl_of "$1")" || fail "$1: a's requests did not drain"
@@ -197,7 +198,7 @@ for c in same twin; do
   load STOP "${!c}"
   wait_until 60 quiet "$(ctl_of $c)" || fail "$c: a's requests did not drain"
 done
-for round in $(seq 10); do
+for round in $(seq 20); do
   case $((round % 3)) in
     0) order="alone same twin" ;;
     1) order="same twin alone" ;;
@@ -211,18 +212,21 @@ def figures(name):
     text = open(f"{sys.argv[1]}/{name}.json").read()
     r = json.loads(text[text.index("{"):])["jobs"][0]["read"]
     return r["iops"], r["clat_ns"]["percentile"]["99.000000"] / 1000
-runs = {c: [figures(f"{c}{k}") for k in range(1, 11)] for c in ("alone", "same", "twin")}
+runs = {c: [figures(f"{c}{k}") for k in range(1, 21)] for c in ("alone", "same", "twin")}
 med = {c: (statistics.median(i for i, _ in v), statistics.median(p for _, p in v))
        for c, v in runs.items()}
 for c, what in (("alone", "b alone"), ("same", "b beside a, one server"),
                 ("twin", "b beside a's twin, two servers")):
     print(f"  {what + ':':32}", ", ".join(f"{i:.0f}/{p:.0f}" for i, p in runs[c]),
           f"(IOPS/p99 us); median {med[c][0]:.0f}/{med[c][1]:.0f}")
-(i0, p0), (i1, p1), (i2, p2) = med["alone"], med["same"], med["twin"]
-print(f"  one server against two: IOPS {100 * i1 / i2:.0f}%, p99 {100 * p1 / p2:.0f}%; "
-      f"against b alone: IOPS {100 * i1 / i0:.0f}%, p99 {100 * p1 / p0:.0f}%")
-assert i1 >= 0.9 * i2, f"IOPS {i1:.0f} < 90% of {i2:.0f}, what b gets beside a's twin"
-assert p1 <= 1.1 * p2, f"p99 {p1:.0f} us > 110% of {p2:.0f} us, what b gets beside a's twin"
+def ratio(c, k, base):  # median over the rounds of c's figure k over base's, round by round
+    return statistics.median(x[k] / y[k] for x, y in zip(runs[c], runs[base]))
+iops, p99 = ratio("same", 0, "twin"), ratio("same", 1, "twin")
+print(f"  one server against two, round by round: IOPS {100 * iops:.0f}%, p99 {100 * p99:.0f}%; "
+      f"against b alone: IOPS {100 * ratio('same', 0, 'alone'):.0f}%, "
+      f"p99 {100 * ratio('same', 1, 'alone'):.0f}%")
+assert iops >= 0.9, f"IOPS {100 * iops:.0f}% of what b gets beside a's twin"
+assert p99 <= 1.1, f"p99 {100 * p99:.0f}% of what b gets beside a's twin"
 PY
 pass "a throttled, saturated export slows the other no more than the same load in another server"
 kill "$same" "$twin"
