@@ -184,11 +184,10 @@ ExportMetrics Service::export_metrics(const std::string& name, const std::string
 
 void Service::disconnect() noexcept {
   constexpr std::size_t kKeepCached = 4u << 20;  // what a few busy connections reuse
-  if (!slots_.close()) {
-    pool_.trim(kKeepCached);
-    return;
-  }
-  pool_.trim();
+  pool_.trim(slots_.close() ? 0 : kKeepCached);  // all of it with the last connection
+  // The closed connection's threads' small allocations stay in glibc's arenas (72-77 MiB
+  // after a storm of 63 connections) until trimmed: with every connection that closes, not
+  // only the last, as a client that stays connected would keep them resident.
   ::malloc_trim(0);
 }
 
