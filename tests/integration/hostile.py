@@ -14,8 +14,6 @@ import time
 
 import nbd
 
-from nbdtest import connect_or_reason  # noqa: F401 (the tests call it from here)
-
 # The start of an option: the client's flags (fixed newstyle, no zeroes), then an option
 # header cut after its magic. The server waits for the rest.
 HALF_OPTION = (3).to_bytes(4, "big") + b"IHAVEOPT"

@@ -27,8 +27,8 @@ log_lines() { wc -l <"$SERVER_LOG"; }
 # A client of B connects, writes and verifies (seed $1).
 client_of_b() {
   $PYTHON - "$SOCK" "$1" <<'PY'
-import sys, hostile
-h = hostile.connect_or_reason(sys.argv[1], "B")
+import sys, hostile, nbdtest
+h = nbdtest.connect_or_reason(sys.argv[1], "B")
 if isinstance(h, str):
     raise AssertionError(f"the client of B was refused: {h}")
 hostile.write_and_verify(h, int(sys.argv[2]), 16 << 20)
@@ -50,11 +50,11 @@ settled_threads() {
 echo "1. 64 idle connections to A, then a client of B"
 start_server -- dir="$d"
 $PYTHON - "$SOCK" 64 32 <<'PY' || fail "64 connections to A"
-import subprocess, sys, hostile
+import subprocess, sys, hostile, nbdtest
 sock, n, per_export = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 held, reasons = [], []
 for k in range(n):
-    h = hostile.connect_or_reason(sock, "A")
+    h = nbdtest.connect_or_reason(sock, "A")
     (reasons if isinstance(h, str) else held).append(h)
 print(f"  A: {len(held)} served, {len(reasons)} refused")
 if len(held) != per_export:
@@ -68,7 +68,7 @@ q = subprocess.run(["qemu-img", "info", uri], capture_output=True, text=True)
 if q.returncode == 0 or f"server reported: {reasons[0]}" not in q.stderr:
     raise AssertionError(f"qemu-img info A: exit {q.returncode}, {q.stderr!r}")
 print(f"  qemu-img: {q.stderr.strip().splitlines()[-1]}")
-b = hostile.connect_or_reason(sock, "B")
+b = nbdtest.connect_or_reason(sock, "B")
 if isinstance(b, str):
     raise AssertionError(f"the client of B was refused: {b}")
 hostile.write_and_verify(b, 1, 16 << 20)
