@@ -1,6 +1,8 @@
 // A directory of exports; see export_dir.h.
 #include "loopdio/export_dir.h"
 
+#include "loopdio/dir_entries.h"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -10,6 +12,7 @@
 #include <algorithm>
 
 #include "loopdio/control.h"
+#include "loopdio/dir_entries.h"
 #include "loopdio/error.h"
 #include "loopdio/log.h"
 #include "loopdio/probe.h"
@@ -75,18 +78,9 @@ struct stat ExportDir::stat_name(const std::string& name) const {
 }
 
 std::vector<ExportDir::Entry> ExportDir::list() {
-  // A descriptor of its own each time: listings may run at once, and a shared one would
-  // share its offset.
-  UniqueFd fd(::openat(dirfd_.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!fd) throw sys_error("dir=" + safe_encode(path_));
-  DIR* d = ::fdopendir(fd.get());
-  if (!d) throw sys_error("dir=" + safe_encode(path_));
-  fd.release();
   std::vector<std::pair<std::string, struct stat>> found;
   std::vector<std::string> refused;
-  while (struct dirent* e = ::readdir(d)) {
-    std::string name = e->d_name;
-    if (name == "." || name == "..") continue;
+  for (std::string& name : dir_entries(dirfd_.get(), ".", "dir=" + safe_encode(path_))) {
     struct stat st {};
     try {
       st = stat_name(name);
@@ -96,7 +90,6 @@ std::vector<ExportDir::Entry> ExportDir::list() {
     }
     found.emplace_back(std::move(name), st);
   }
-  ::closedir(d);
   std::sort(found.begin(), found.end(),
             [](const auto& a, const auto& b) { return a.first < b.first; });
   std::vector<Entry> out;

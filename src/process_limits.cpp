@@ -1,7 +1,7 @@
 // The process's memory and descriptor limits; see process_limits.h.
 #include "loopdio/process_limits.h"
 
-#include <dirent.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <sys/resource.h>
@@ -11,18 +11,18 @@
 #include <fstream>
 
 #include "loopdio/backing.h"
+#include "loopdio/dir_entries.h"
+#include "loopdio/reserve_heap.h"
 
 namespace loopdio {
 namespace {
 
 unsigned open_fds() {
-  unsigned n = 0;
-  if (DIR* d = ::opendir("/proc/self/fd")) {
-    while (struct dirent* e = ::readdir(d))
-      if (e->d_name[0] != '.') ++n;
-    ::closedir(d);
+  try {
+    return static_cast<unsigned>(dir_entries(AT_FDCWD, "/proc/self/fd", "/proc/self/fd").size());
+  } catch (...) {
+    return 0;
   }
-  return n;
 }
 
 // Threads started from now on get kThreadStack (unless their creator sets a size), once a
@@ -132,7 +132,13 @@ ProcessLimits apply_process_limits(const Options& o) noexcept {
     // thread) go back to the system instead of staying in malloc's arenas.
     ::mallopt(M_MMAP_THRESHOLD, kMmapThreshold);
     limit_memory(o, pl);
-    if (pl.memory_max) small_stacks(pl);  // stacks count against the limit
+    if (pl.memory_max) {
+      small_stacks(pl);  // stacks count against the limit
+      // The server's own allocations' fallback, once clients' buffers fill the limit.
+      if (!arm_reserve_heap())
+        pl.notes.push_back(std::string("memory-max: no reserve for the server's own work: mmap: ") +
+                           std::strerror(errno));
+    }
     limit_fds(o, pl);
   } catch (...) {  // out of memory for the notes: the limits applied so far stay
   }

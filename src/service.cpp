@@ -11,6 +11,7 @@
 
 #include "loopdio/control.h"
 #include "loopdio/error.h"
+#include "loopdio/reserve_heap.h"
 #include "loopdio/safe_text.h"
 
 namespace loopdio {
@@ -202,6 +203,9 @@ Json Service::status() {
   j["max_handshakes"] = slots_.max_handshakes();
   j["memory_max"] = limits_.memory_max;
   j["memory"] = private_memory();
+  const ReserveStats r = reserve_heap_stats();
+  j["memory_reserve"] = {{"size", r.size}, {"used", r.used}, {"peak", r.peak},
+                         {"fallbacks", r.fallbacks}, {"refused", r.refused}};
   j["fd_limit"] = limits_.fd_limit;
   j["aio_events"] = {{"used", aio_.used()}, {"total", aio_.total()}};
   BouncePool::Stats p = pool_.stats();
