@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 # Side-by-side benchmark: fio against loopdio, nbdkit's file and null plugins, qemu-nbd, the
-# kernel loop device and the raw file, all on one freshly written image. Writes a Markdown
-# table, the goal checks, PNG plots and every repeat as JSON into bench/results/<timestamp>/.
+# kernel loop device and the raw file, all on one freshly written image, on a machine it first
+# checks is quiet. Writes a Markdown table, the goal checks, PNG plots and every repeat as
+# JSON into bench/results/<timestamp>/.
 
 import argparse
 import atexit
@@ -10,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -18,6 +20,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fio                      # noqa: E402
 import goals                    # noqa: E402
+import quiet                    # noqa: E402
 import report                   # noqa: E402
 import targets as tg            # noqa: E402
 
@@ -38,6 +41,17 @@ def parse_args():
     p.add_argument("--size", help="image size (default 4G, quick 512M)")
     p.add_argument("--only", help="comma-separated target names (for development)")
     p.add_argument("--workloads", help="comma-separated workload names (for development)")
+    p.add_argument("--max-load", type=float, default=0.5,
+                   help="highest 1-minute load average to start at (default 0.5)")
+    p.add_argument("--max-other", type=float, default=5.0,
+                   help="highest %% of the CPUs that other processes (and the hypervisor's "
+                   "steal) may use during a cell (default 5)")
+    p.add_argument("--settle", type=float, default=300,
+                   help="seconds to wait for a quiet machine before giving up (default 300)")
+    p.add_argument("--retries", type=int, default=2,
+                   help="times a cell disturbed by other work is run again (default 2)")
+    p.add_argument("--noisy", action="store_true",
+                   help="run on a busy machine anyway: the results are marked INVALID")
     a = p.parse_args()
     a.runtime = a.runtime or (0.3 if a.quick else 3)
     a.repeats = a.repeats or (1 if a.quick else 3)
@@ -84,11 +98,12 @@ def machine(a, plugin):
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "nproc": os.cpu_count(),
         "mem_gib": round(mem / 2**30, 1), "kernel": os.uname().release,
         "fs": " ".join(sh("findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", a.dir).split()),
-        "dir": a.dir, "loadavg_start": os.getloadavg()[0],
-        "fio": sh("fio", "--version"), "nbdkit": f"{sh(a.nbdkit, '--version')} ({a.nbdkit})",
+        "dir": a.dir, "fio": sh("fio", "--version"),
+        "nbdkit": f"{sh(a.nbdkit, '--version')} ({a.nbdkit})",
         "qemu": sh("qemu-nbd", "--version").splitlines()[0], "loopdio": rev, "plugin": plugin,
         "threads": a.threads, "runtime_s": a.runtime, "repeats": a.repeats,
         "image_bytes": a.size, "mode": "quick" if a.quick else "full",
+        "max_load": a.max_load, "max_other_pct": a.max_other,
     }
 
 
@@ -96,17 +111,59 @@ def header(m):
     return (f"{m['date']} | {m['nproc']} CPUs, {m['mem_gib']} GiB, kernel {m['kernel']} | image "
             f"{m['image_bytes'] / 2**30:g} GiB on {m['fs']} ({m['dir']}) | {m['fio']}, "
             f"{m['nbdkit']}, {m['qemu']} | nbdkit --threads {m['threads']} | "
-            f"{m['runtime_s']:g} s per cell, {m['repeats']} repeat(s), median | loopdio {m['loopdio']} | "
-            f"load average {m['loadavg_start']:.1f} at start")
+            f"{m['runtime_s']:g} s per cell, {m['repeats']} repeat(s), median | loopdio {m['loopdio']}, "
+            f"default engine {m.get('default_engine', '?')}")
+
+
+def quiet_line(m, cells=None):
+    """The machine's quiet check: before the run, and over the cells once they have run."""
+    s = (f"Quiet check: load average {m['loadavg_start']:.2f} at the first cell (limit "
+         f"{m['max_load']:g}), other processes {m['idle_other_pct']:.1f}% of the CPUs and steal "
+         f"{m['idle_steal_pct']:.1f}% over 5 s before it")
+    if cells:
+        other = sorted(c["other_pct"] for c in cells)
+        steal = max(c["steal_pct"] for c in cells)
+        noisy = [c for c in cells if c["noisy"]]
+        s += (f"; during the cells other processes used {statistics.median(other):.1f}% of the "
+              f"CPUs (median), {other[-1]:.1f}% at most, steal {steal:.1f}% at most (limit "
+              f"{m['max_other_pct']:g}% per cell, {sum(c['tries'] - 1 for c in cells)} cell(s) "
+              f"run again); {len(noisy)} cell(s) disturbed")
+    return s + "."
+
+
+def verdict(m, cells):
+    """'' when the run is valid, else why it is not."""
+    why = []
+    if not m["quiet_start"]:
+        why.append("the machine was not quiet at the start (--noisy)")
+    noisy = [c for c in cells if c["noisy"]]
+    if noisy:
+        names = ", ".join(f"{c['workload']}/{c['target']}" for c in noisy[:6])
+        why.append(f"{len(noisy)} cell(s) ran while other work used more than "
+                   f"{m['max_other_pct']:g}% of the CPUs ({names}{', ...' if len(noisy) > 6 else ''})")
+    return "; ".join(why)
 
 
 def run_cell(t, w, runtime, image, a, work):
-    """One fio run against a fresh server (or loop device) after dropping caches."""
-    fio.drop_caches()
+    """One fio run against a fresh server (or loop device) after dropping caches, watched for
+    other work on the machine; run again (up to --retries times) when it was disturbed."""
+    for tries in range(1, a.retries + 2):
+        fio.drop_caches()
+        watch = quiet.Watch()
+        cell = one_cell(t, w, runtime, image, a, work)
+        cell.update(watch.stop(), tries=tries)
+        cell["noisy"] = cell["other_pct"] + cell["steal_pct"] > a.max_other
+        if not cell["noisy"] or not cell["ok"]:
+            break
+    return cell
+
+
+def one_cell(t, w, runtime, image, a, work):
     inst = tg.bring_up(t, image, a.size, a.threads, work, a.nbdkit)
     cell = {"target": t.name, "workload": w.name, "ok": False}
+    load = fio.blocking(w, a.threads) if t.kind == "blocking" else w
     try:
-        cell.update(fio.run_fio(w, runtime, inst.start(), work), ok=True)
+        cell.update(fio.run_fio(load, runtime, inst.start(), work, a.size), ok=True)
         cell["cache_bytes"] = fio.cached_bytes(image)
     except tg.TargetFailed as e:
         cell["error"] = str(e)
@@ -115,23 +172,28 @@ def run_cell(t, w, runtime, image, a, work):
     finally:
         cost = inst.stop()
     if cell["ok"] and cost:
-        cell.update(cpu_s=cost["cpu_s"], csw=cost["csw"], rss_mib=cost["rss_mib"], cost_of="server")
+        cell.update(cpu_s=cost["cpu_s"], csw=cost["csw"], vcsw=cost["vcsw"],
+                    rss_mib=cost["rss_mib"], cost_of="server")
     elif cell["ok"]:
-        cell.update(cpu_s=cell["fio_cpu_s"], csw=cell["fio_csw"], rss_mib=None, cost_of="fio")
+        cell.update(cpu_s=cell["jobs_cpu_s"], csw=cell["jobs_csw"], vcsw=None, rss_mib=None,
+                    cost_of="fio")
     return report.derive(cell, a.size) if cell["ok"] else cell
 
 
 def progress(i, n, cell, t0):
     what = (f"{cell['iops']:>9,.0f} IOPS {cell['mibs']:>8,.1f} MiB/s csw/IO {cell['csw_per_io']:.2f}"
             if cell["ok"] else f"FAILED: {cell['error'][:150]}")
+    noise = f" others {cell['other_pct']:4.1f}%{' NOISY' if cell['noisy'] else ''}"
+    again = f" (try {cell['tries']})" if cell["tries"] > 1 else ""
     print(f"[{i:3}/{n}] {time.monotonic() - t0:6.0f}s rep{cell['rep']} {cell['workload']:<24}"
-          f"{cell['target']:<24}{what}", flush=True)
+          f"{cell['target']:<24}{what}{noise}{again}", flush=True)
 
 
 def footprint(t, image, a, work):
     """Reads the whole image once through the target from a cold cache, then fincore."""
     cell = run_cell(t, fio.FULL_READ, None, image, a, work)
-    return {k: cell[k] for k in ("ok", "error", "mibs", "cache_bytes") if k in cell}
+    keep = ("ok", "error", "mibs", "cache_bytes", "other_pct", "steal_pct", "noisy", "tries")
+    return {k: cell[k] for k in keep if k in cell}
 
 
 def measure(a, ts, image, work):
@@ -146,6 +208,8 @@ def measure(a, ts, image, work):
                 progress(len(cells), n, cell, t0)
     foot = {}
     for t in ts:
+        if t.kind == "blocking":
+            continue    # its jobs would read slices of the image: not one full read
         foot[t.name] = footprint(t, image, a, work)
         print(f"full read {t.name:<24}{foot[t.name]}", flush=True)
     return cells, foot
@@ -157,14 +221,18 @@ def write_results(a, m, ts, cells, foot, elapsed):
     out = os.path.join(root, stamp)
     os.makedirs(out)
     med = report.medians(cells, ts)
-    head, lines, npass, ngoals = goals.goal_lines(med, foot, ts, a.size)
-    m["elapsed_s"], m["loadavg_end"] = round(elapsed), os.getloadavg()[0]
+    checked = cells + [dict(f, workload=fio.FULL_READ.name, target=t) for t, f in foot.items()]
+    invalid = verdict(m, checked)
+    head, lines, npass, ngoals = goals.goal_lines(med, foot, ts, a.size, m.get("default_engine"))
+    m["elapsed_s"], m["loadavg_end"], m["invalid"] = round(elapsed), os.getloadavg()[0], invalid
+    banner = ([f"**INVALID: {invalid}. Do not draw conclusions from these figures.**", ""]
+              if invalid else [])
     md = "\n".join([
-        "# loopdio side-by-side benchmark", "", header(m), "",
+        "# loopdio side-by-side benchmark", "", *banner, header(m), "", quiet_line(m, checked), "",
         report.table(med, ts), "", "## Page cache after one full sequential read (1M, QD8, cold)",
         "", report.footprint_table(foot, ts, a.size), "",
-        f"## Evaluation: {npass}/{ngoals} PASS", "", head, "", *lines, "",
-        f"Total time {elapsed:.0f} s; load average {m['loadavg_end']:.1f} at the end."])
+        f"## Evaluation: {npass}/{ngoals} PASS{' (INVALID run)' if invalid else ''}", "", head,
+        "", *lines, "", f"Total time {elapsed:.0f} s."])
     with open(f"{out}/results.md", "w") as f:
         f.write(md + "\n")
     with open(f"{out}/results.json", "w") as f:
@@ -179,6 +247,24 @@ def write_results(a, m, ts, cells, foot, elapsed):
     return out, md
 
 
+def wait_quiet(a, m, when):
+    """Waits for a quiet machine; exits when none comes (unless --noisy)."""
+    ok, load, busy = quiet.settle(a.max_load, a.max_other, a.settle,
+                                  lambda s: print(f"bench/run.py: {s}", flush=True))
+    m.update(loadavg_start=load, idle_other_pct=busy["other_pct"],
+             idle_steal_pct=busy["steal_pct"], quiet_start=ok)
+    if not ok and a.noisy:
+        print(f"bench/run.py: the machine is not quiet {when} (load average {load:.2f}, other "
+              f"processes {busy['other_pct']:.1f}% of the CPUs): running anyway (--noisy), the "
+              f"results will be marked INVALID, no cell run again", flush=True)
+        a.retries = 0   # every cell would be disturbed: running it again only costs time
+    if not ok and not a.noisy:
+        sys.exit(f"bench/run.py: the machine is not quiet {when}: load average {load:.2f} (limit "
+                 f"{a.max_load:g}), other processes {busy['other_pct']:.1f}% of the CPUs, steal "
+                 f"{busy['steal_pct']:.1f}% (limit {a.max_other:g}%). Figures taken now would "
+                 f"measure the other work; --noisy runs anyway and marks the results INVALID.")
+
+
 def on_signal(signum, _frame):
     raise SystemExit(128 + signum)
 
@@ -191,6 +277,7 @@ def main():
     for s in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, on_signal)
     atexit.register(tg.cleanup)
+    wait_quiet(a, {}, "to start")   # before the build, so a busy machine is told at once
     plugin = plugin_path(a)
     if not os.path.exists(plugin):
         sys.exit(f"bench/run.py: no plugin at {plugin}")
@@ -201,13 +288,16 @@ def main():
     if a.workloads:
         fio.WORKLOADS[:] = [w for w in fio.WORKLOADS if w.name in a.workloads.split(",")]
     m = machine(a, plugin)
-    print(header(m), flush=True)
     work = tempfile.mkdtemp(prefix="loopdio-bench-")
     image = os.path.join(a.dir, f"loopdio-bench-{os.getpid()}.img")
     t0 = time.monotonic()
     try:
         fio.write_image(image, a.size)
         m["image_allocated_bytes"] = os.stat(image).st_blocks * 512
+        m["default_engine"] = tg.default_engine(a.nbdkit, plugin, image)
+        print(header(m), flush=True)
+        wait_quiet(a, m, "after the build and the image were made")  # their load passes
+        print(quiet_line(m), flush=True)
         cells, foot = measure(a, ts, image, work)
         out, md = write_results(a, m, ts, cells, foot, time.monotonic() - t0)
     finally:

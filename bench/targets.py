@@ -4,7 +4,9 @@
 # Every child and every loop device is registered, and cleanup() undoes all of them.
 
 import ctypes
+import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -22,9 +24,14 @@ class Target:
     args: tuple     # nbdkit plugin and parameters, qemu-nbd options, or losetup option
 
 
+DEFAULT = "loopdio-default"     # the engine loopdio picks when told none: the one judged
+
+
 def all_targets(plugin):
     img = "file={img}"
     return [
+        Target(DEFAULT, "nbdkit", "loopdio", (plugin, img, "directio=1")),
+        Target("loopdio-sync", "nbdkit", "loopdio", (plugin, img, "directio=1", "aio=sync")),
         Target("loopdio-libaio", "nbdkit", "loopdio", (plugin, img, "directio=1", "aio=libaio")),
         Target("loopdio-io_uring", "nbdkit", "loopdio", (plugin, img, "directio=1", "aio=io_uring")),
         Target("loopdio-directio=0", "nbdkit", "loopdio", (plugin, img, "directio=0")),
@@ -36,7 +43,13 @@ def all_targets(plugin):
         Target("loop-dio-on", "loop", "loop", ("--direct-io=on",)),
         Target("nbdkit-null", "nbdkit", "null", ("null", "size={size}")),
         Target("raw-fio", "raw", "raw", ()),
+        Target(BLOCKING, "blocking", "raw", ()),
     ]
+
+
+# fio on the image with one thread per request in flight (fio.blocking): with nbdkit-null,
+# the floor row, what any nbdkit plugin that blocks its worker thread must cost.
+BLOCKING = "fio-blocking"
 
 
 class TargetFailed(Exception):
@@ -122,8 +135,8 @@ class Server:
         return ["--ioengine=nbd", f"--uri=nbd+unix:///?socket={self.sock}"]
 
     def stop(self):
-        """Returns {cpu_s, csw, rss_mib} of the whole server process (rss: its peak while it
-        ran), or None if it was not running."""
+        """Returns {cpu_s, csw, vcsw, rss_mib} of the whole server process (vcsw: the
+        voluntary switches alone; rss: its peak while it ran), or None if it was not running."""
         if self.proc is None:
             return None
         rss = peak_rss_mib(self.proc.pid)
@@ -132,7 +145,7 @@ class Server:
         _, ru = reap(self.proc)
         self.proc = None
         return {"cpu_s": ru.ru_utime + ru.ru_stime, "csw": ru.ru_nvcsw + ru.ru_nivcsw,
-                "rss_mib": rss}
+                "vcsw": ru.ru_nvcsw, "rss_mib": rss}
 
     def log_tail(self):
         with open(self.log, errors="replace") as f:
@@ -170,13 +183,15 @@ class LoopDevice:
 
 
 class RawFile:
-    """No server at all: fio on the image file with libaio and O_DIRECT."""
+    """No server at all: fio on the image file with libaio and O_DIRECT (threads: each job a
+    thread of the fio process, as nbdkit's workers are threads of the server)."""
 
-    def __init__(self, image):
-        self.image = image
+    def __init__(self, image, threads=False):
+        self.image, self.threads = image, threads
 
     def start(self):
-        return ["--ioengine=libaio", "--direct=1", f"--filename={self.image}"]
+        return ["--ioengine=libaio", "--direct=1", f"--filename={self.image}",
+                *(["--thread"] if self.threads else [])]
 
     def stop(self):
         return None
@@ -188,7 +203,19 @@ def bring_up(target, image, size, threads, workdir, nbdkit):
         return Server(target, image, size, threads, workdir, nbdkit)
     if target.kind == "loop":
         return LoopDevice(target, image)
-    return RawFile(image)
+    return RawFile(image, threads=target.kind == "blocking")
+
+
+def default_engine(nbdkit, plugin, image):
+    """The engine loopdio serves with when given none, as its export description names it."""
+    r = subprocess.run([nbdkit, "-U", "-", plugin, f"file={image}", "directio=1", "--run",
+                        'nbdinfo --json "$uri"'], capture_output=True, text=True, timeout=60)
+    try:
+        desc = json.loads(r.stdout)["exports"][0]["description"]
+    except (ValueError, KeyError, IndexError):
+        return "unknown"
+    m = re.search(r"engine ([\w+]+)", desc)
+    return m[1] if m else "unknown"
 
 
 def detach(dev):
