@@ -13,6 +13,7 @@
 #include "loopdio/error.h"
 #include "loopdio/reserve_heap.h"
 #include "loopdio/safe_text.h"
+#include "loopdio/snapshot.h"
 
 namespace loopdio {
 
@@ -134,6 +135,28 @@ void Service::flush() {
   for (const std::shared_ptr<Export>& x : open_exports())
     if (::fdatasync(x->backing().fd()) != 0)
       throw sys_error("fdatasync: " + safe_encode(x->options().file));
+}
+
+// "snapshot {JSON}" (snapshot.h). One export per command for now: several would each pause
+// on their own, which is not the consistent group a caller asking for several would expect.
+Json Service::snapshot(std::string_view args) {
+  const std::vector<SnapshotRequest> reqs = parse_snapshot_request(args);
+  if (reqs.size() != 1)
+    throw Error("snapshot: one export per command (several drained together are not "
+                "supported yet)");
+  const SnapshotRequest& r = reqs.front();
+  std::shared_ptr<Export> x;  // held throughout: connections arriving meanwhile share its gate
+  if (single_) {
+    if (!r.name.empty()) throw Error("snapshot: this server serves one image: name no export");
+    x = single_;
+  } else {
+    if (r.name.empty()) throw Error("snapshot: which export? (\"name\" of a file in " +
+                                    safe_encode(opts_.dir) + ")");
+    x = dir_->acquire(r.name);
+  }
+  Json exports = Json::array();
+  exports.push_back(snapshot_export(*x, r.dest).json());
+  return Json{{"ok", true}, {"exports", std::move(exports)}};
 }
 
 std::vector<ExportMetrics> Service::collect() {
@@ -279,6 +302,8 @@ std::string Service::control(std::string_view line) {
       flush();
       return dump_line(Json{{"ok", true}});
     }
+    if (line.starts_with("snapshot ") || line == "snapshot")
+      return dump_line(snapshot(line.substr(std::min<std::size_t>(line.size(), 9))));
     if (line.starts_with("set limits ") || line == "set limits")
       return dump_line(set_limits(line.substr(std::min<std::size_t>(line.size(), 11))));
     for (const char* verb : {"set direct-io on", "set direct-io off"}) {

@@ -1,0 +1,241 @@
+// Live snapshots by reflink; see snapshot.h. The order matters: every check, the new file
+// and a trial clone of one block come before the export pauses; the pause holds only the
+// drain, fdatasync and the clone; the new file's fsync and its directory's come after.
+#include "loopdio/snapshot.h"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+
+#include "loopdio/backing.h"
+#include "loopdio/error.h"
+#include "loopdio/export.h"
+#include "loopdio/log.h"
+#include "loopdio/probe.h"
+#include "loopdio/safe_text.h"
+#include "loopdio/unique_fd.h"
+
+namespace loopdio {
+namespace {
+
+const std::string kWhat = "snapshot: ";
+
+std::string fs_of(int fd) {
+  struct statfs sfs {};
+  return ::fstatfs(fd, &sfs) == 0 ? fs_type_name(sfs.f_type) : std::string("?");
+}
+
+// The errors with which the kernel says this filesystem (or this pair of files) cannot
+// clone, as opposed to a clone that failed.
+bool cannot_clone(int err) {
+  return err == EOPNOTSUPP || err == EINVAL || err == EXDEV || err == ENOTTY || err == EBADF;
+}
+
+Error clone_refused(const std::string& file, const std::string& fs, const char* call, int err) {
+  return Error(kWhat + safe_encode(file) + " is on " + fs + ", which cannot clone files (" +
+                   call + ": " + std::strerror(err) + "): a snapshot needs reflink, as xfs " +
+                   "made with reflink=1 (mkfs.xfs's default) or btrfs have it",
+               err);
+}
+
+// DEST split into its directory and its last component, refused unless it is an absolute
+// path naming a file.
+std::pair<std::string, std::string> split_dest(const std::string& dest) {
+  if (dest.empty() || dest[0] != '/')
+    throw Error(kWhat + std::string("DEST must be an absolute path, not \"") + safe_encode(dest) +
+                "\"");
+  if (dest.find('\0') != std::string::npos) throw Error(kWhat + std::string("DEST holds a NUL byte"));
+  const std::size_t slash = dest.rfind('/');
+  std::string dir = slash == 0 ? "/" : dest.substr(0, slash);
+  std::string base = dest.substr(slash + 1);
+  if (base.empty() || base == "." || base == "..")
+    throw Error(kWhat + std::string("DEST must name a new file, not \"") + safe_encode(dest) +
+                "\"");
+  return {dir, base};
+}
+
+// The new file: made here with O_EXCL (never an existing file, never through a symbolic
+// link), and removed again on the way out unless kept; removed only while the name still
+// leads to the file made here.
+class NewFile {
+ public:
+  NewFile(const std::string& path, UniqueFd dir, std::string base)
+      : dir_(std::move(dir)), base_(std::move(base)) {
+    fd_.reset(::openat(dir_.get(), base_.c_str(),
+                       O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+    if (!fd_) {
+      if (errno == EEXIST)
+        throw Error(kWhat + safe_encode(path) +
+                        " exists: a snapshot is always a new file (remove it, or choose "
+                        "another name)",
+                    EEXIST);
+      throw sys_error(kWhat + safe_encode(path));
+    }
+    struct stat st {};
+    if (::fstat(fd_.get(), &st) == 0) id_ = {st.st_dev, st.st_ino};
+  }
+  NewFile(const NewFile&) = delete;
+  NewFile& operator=(const NewFile&) = delete;
+  ~NewFile() {
+    if (kept_) return;
+    struct stat st {};
+    if (::fstatat(dir_.get(), base_.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+        std::pair{st.st_dev, st.st_ino} == id_)
+      ::unlinkat(dir_.get(), base_.c_str(), 0);
+  }
+
+  int fd() const { return fd_.get(); }
+  int dir() const { return dir_.get(); }
+  void keep() { kept_ = true; }
+
+ private:
+  UniqueFd dir_;
+  std::string base_;
+  UniqueFd fd_;
+  std::pair<dev_t, ino_t> id_{};
+  bool kept_ = false;
+};
+
+}  // namespace
+
+std::vector<SnapshotRequest> parse_snapshot_request(std::string_view text) {
+  const char* usage = "expected {\"exports\":[{\"name\":NAME,\"dest\":\"/absolute/path\"}]}";
+  Json j = parse_json(text, "snapshot");
+  if (!j.is_object() || !j.contains("exports")) throw Error(kWhat + std::string(usage));
+  for (auto& [key, v] : j.items())
+    if (key != "exports")
+      throw Error(kWhat + std::string("unknown member \"") + safe_encode(key) + "\": " + usage);
+  const Json& list = j.at("exports");
+  if (!list.is_array() || list.empty())
+    throw Error(kWhat + std::string("\"exports\" must be a non-empty array: ") + usage);
+  std::vector<SnapshotRequest> v;
+  for (const Json& e : list) {
+    if (!e.is_object()) throw Error(kWhat + std::string("each export must be an object: ") + usage);
+    for (auto& [key, m] : e.items())
+      if (key != "name" && key != "dest" && key != "dest-hex")
+        throw Error(kWhat + std::string("unknown member \"") + safe_encode(key) +
+                    "\" of an export (name, dest)");
+    SnapshotRequest r;
+    if (auto n = e.find("name"); n != e.end()) {
+      if (!n->is_string()) throw Error(kWhat + std::string("\"name\" must be a string"));
+      r.name = n->get<std::string>();
+    }
+    try {
+      r.dest = get_path(e, "dest");
+    } catch (const Error& err) {
+      throw Error(kWhat + std::string(err.what()));
+    }
+    v.push_back(std::move(r));
+  }
+  return v;
+}
+
+Json SnapshotResult::json() const {
+  Json j;
+  put_path(j, "name", name);
+  put_path(j, "dest", dest);
+  j["bytes"] = bytes;
+  j["paused_ms"] = paused_ms;
+  return j;
+}
+
+SnapshotResult snapshot_export(Export& x, const std::string& dest) {
+  const Backing& b = x.backing();
+  const std::string& file = b.options().file;
+  const int src = b.fd();
+
+  // What the export serves must be exactly one whole regular file.
+  struct stat sst {};
+  if (::fstat(src, &sst) != 0) throw sys_error(kWhat + safe_encode(file));
+  if (!S_ISREG(sst.st_mode) || !b.geometry().is_file)
+    throw Error(kWhat + safe_encode(file) +
+                " is a block device: a reflink clone copies files only (snapshot the device "
+                "with its own tools, such as LVM; or serve an image file on xfs or btrfs)");
+  const Geometry& g = b.geometry();
+  if (g.base != 0 || g.size != static_cast<std::uint64_t>(sst.st_size))
+    throw Error(kWhat + "offset=" + std::to_string(g.base) + " sizelimit=" +
+                std::to_string(g.size) + " serve part of " + safe_encode(file) + " (" +
+                std::to_string(sst.st_size) +
+                " bytes): a clone copies the whole file; serve the whole file to snapshot it");
+  const std::string fs = fs_of(src);
+
+  // DEST: a new file in an existing directory of the image's filesystem.
+  auto [dir_path, base] = split_dest(dest);
+  UniqueFd dir(::open(dir_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dir) throw sys_error(kWhat + "DEST's directory " + safe_encode(dir_path));
+  struct stat dst {};
+  if (::fstat(dir.get(), &dst) != 0) throw sys_error(kWhat + safe_encode(dir_path));
+  if (dst.st_dev != sst.st_dev)
+    throw Error(kWhat + safe_encode(dest) + " is on another filesystem (" + fs_of(dir.get()) +
+                ") than " + safe_encode(file) + " (" + fs +
+                "): a reflink clone stays within one filesystem; choose DEST there");
+  NewFile out(dest, std::move(dir), base);
+
+  // Can this filesystem clone at all? Asked with one block, while the export still runs
+  // (a length of 0 would mean "to the end": the whole file, outside the pause).
+  struct statfs sfs {};
+  std::uint64_t block = static_cast<std::uint64_t>(sst.st_blksize);
+  if (::fstatfs(src, &sfs) == 0) block = std::max<std::uint64_t>(block, sfs.f_bsize);
+  if (block > 0 && static_cast<std::uint64_t>(sst.st_size) >= block) {
+    file_clone_range r{};
+    r.src_fd = src;
+    r.src_offset = 0;
+    r.src_length = block;
+    r.dest_offset = 0;
+    if (::ioctl(out.fd(), FICLONERANGE, &r) != 0) {
+      const int err = errno;
+      if (cannot_clone(err)) throw clone_refused(file, fs, "FICLONERANGE", err);
+      throw sys_error(kWhat + "FICLONERANGE " + safe_encode(file) + " to " + safe_encode(dest), err);
+    }
+  }
+
+  // The pause: no request in flight from here to the clone's end. Its parts go to the log,
+  // to tell a slow drain (a request stuck on the disk) from a slow flush or clone.
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point drained_at, synced_at, cloned_at;
+  const std::chrono::nanoseconds paused = x.gate().drained([&] {
+    drained_at = Clock::now();
+    if (::fdatasync(src) != 0) throw sys_error(kWhat + "fdatasync: " + safe_encode(file));
+    synced_at = Clock::now();
+    if (::ioctl(out.fd(), FICLONE, src) != 0) {
+      const int err = errno;
+      if (cannot_clone(err)) throw clone_refused(file, fs, "FICLONE", err);
+      throw sys_error(kWhat + "FICLONE " + safe_encode(file) + " to " + safe_encode(dest), err);
+    }
+    cloned_at = Clock::now();
+  });
+
+  // Durable: the clone's extents and size, then its name.
+  if (::fsync(out.fd()) != 0) throw sys_error(kWhat + "fsync: " + safe_encode(dest));
+  if (::fsync(out.dir()) != 0) throw sys_error(kWhat + "fsync: " + safe_encode(dir_path));
+  struct stat cst {};
+  if (::fstat(out.fd(), &cst) != 0) throw sys_error(kWhat + safe_encode(dest));
+  if (cst.st_size != sst.st_size)
+    throw Error(kWhat + safe_encode(dest) + ": the clone holds " + std::to_string(cst.st_size) +
+                " bytes, the image " + std::to_string(sst.st_size));
+  out.keep();
+
+  SnapshotResult r;
+  r.name = x.name();
+  r.dest = dest;
+  r.bytes = static_cast<std::uint64_t>(sst.st_size);
+  r.paused_ms = static_cast<double>(paused.count()) / 1e6;
+  auto ms = [](Clock::duration d) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%.1f", std::chrono::duration<double, std::milli>(d).count());
+    return std::string(b);
+  };
+  notice("snapshot of " + safe_encode(file) + " to " + safe_encode(dest) + ": " +
+         human_size(r.bytes) + ", the export paused " + ms(paused) + " ms (fdatasync " +
+         ms(synced_at - drained_at) + " ms, clone " + ms(cloned_at - synced_at) + " ms)");
+  return r;
+}
+
+}  // namespace loopdio
