@@ -1,6 +1,7 @@
 // Live snapshots by reflink; see snapshot.h. The order matters: every check, the new file
 // and a trial clone of one block come before the export pauses; the pause holds only the
-// drain, fdatasync and the clone; the new file's fsync and its directory's come after.
+// drain, fdatasync and the clone; the new file's fsync, its name and its directory's fsync
+// come after.
 #include "loopdio/snapshot.h"
 
 #include <fcntl.h>
@@ -61,30 +62,41 @@ std::pair<std::string, std::string> split_dest(const std::string& dest) {
   return {dir, base};
 }
 
-// The new file: made here with O_EXCL (never an existing file, never through a symbolic
-// link), and removed again on the way out unless kept; removed only while the name still
-// leads to the file made here.
+Error exists(const std::string& path) {
+  return Error(kWhat + safe_encode(path) +
+                   " exists: a snapshot is always a new file (remove it, or choose another "
+                   "name)",
+               EEXIST);
+}
+
+// The new file. Made unnamed (O_TMPFILE) where the filesystem can, and named DEST only once
+// complete and durable, never replacing anything (linkat fails on an existing name): a
+// client of a served directory never finds a half-made snapshot there, and a crash leaves
+// nothing. Elsewhere it is made at DEST at once with O_EXCL. Either way never an existing
+// file, never through a symbolic link as the last component, and removed again on the way
+// out unless kept (only while the name still leads to the file made here).
 class NewFile {
  public:
   NewFile(const std::string& path, UniqueFd dir, std::string base)
-      : dir_(std::move(dir)), base_(std::move(base)) {
+      : path_(path), dir_(std::move(dir)), base_(std::move(base)) {
+    struct stat st {};
+    if (::fstatat(dir_.get(), base_.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) throw exists(path_);
+    fd_.reset(::openat(dir_.get(), ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600));
+    if (fd_) return;
+    if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
+      throw sys_error(kWhat + "O_TMPFILE in " + safe_encode(path_));
     fd_.reset(::openat(dir_.get(), base_.c_str(),
                        O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
     if (!fd_) {
-      if (errno == EEXIST)
-        throw Error(kWhat + safe_encode(path) +
-                        " exists: a snapshot is always a new file (remove it, or choose "
-                        "another name)",
-                    EEXIST);
-      throw sys_error(kWhat + safe_encode(path));
+      if (errno == EEXIST) throw exists(path_);
+      throw sys_error(kWhat + safe_encode(path_));
     }
-    struct stat st {};
-    if (::fstat(fd_.get(), &st) == 0) id_ = {st.st_dev, st.st_ino};
+    named();
   }
   NewFile(const NewFile&) = delete;
   NewFile& operator=(const NewFile&) = delete;
   ~NewFile() {
-    if (kept_) return;
+    if (kept_ || !named_) return;  // an unnamed file goes with its descriptor
     struct stat st {};
     if (::fstatat(dir_.get(), base_.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
         std::pair{st.st_dev, st.st_ino} == id_)
@@ -93,13 +105,36 @@ class NewFile {
 
   int fd() const { return fd_.get(); }
   int dir() const { return dir_.get(); }
+  // Names the file DEST, unless it has that name already.
+  void publish() {
+    if (named_) return;
+    int r = ::linkat(fd_.get(), "", dir_.get(), base_.c_str(), AT_EMPTY_PATH);
+    if (r != 0 && (errno == ENOENT || errno == EPERM)) {
+      // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the descriptor's /proc link does not.
+      const std::string self = "/proc/self/fd/" + std::to_string(fd_.get());
+      r = ::linkat(AT_FDCWD, self.c_str(), dir_.get(), base_.c_str(), AT_SYMLINK_FOLLOW);
+    }
+    if (r != 0) {
+      if (errno == EEXIST) throw exists(path_);
+      throw sys_error(kWhat + "linkat " + safe_encode(path_));
+    }
+    named();
+  }
   void keep() { kept_ = true; }
 
  private:
+  void named() {
+    named_ = true;
+    struct stat st {};
+    if (::fstat(fd_.get(), &st) == 0) id_ = {st.st_dev, st.st_ino};
+  }
+
+  std::string path_;
   UniqueFd dir_;
   std::string base_;
   UniqueFd fd_;
   std::pair<dev_t, ino_t> id_{};
+  bool named_ = false;
   bool kept_ = false;
 };
 
@@ -214,6 +249,7 @@ SnapshotResult snapshot_export(Export& x, const std::string& dest) {
 
   // Durable: the clone's extents and size, then its name.
   if (::fsync(out.fd()) != 0) throw sys_error(kWhat + "fsync: " + safe_encode(dest));
+  out.publish();
   if (::fsync(out.dir()) != 0) throw sys_error(kWhat + "fsync: " + safe_encode(dir_path));
   struct stat cst {};
   if (::fstat(out.fd(), &cst) != 0) throw sys_error(kWhat + safe_encode(dest));
