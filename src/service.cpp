@@ -152,7 +152,11 @@ Json Service::snapshot(std::string_view args) {
   } else {
     if (r.name.empty()) throw Error("snapshot: which export? (\"name\" of a file in " +
                                     safe_encode(opts_.dir) + ")");
-    x = dir_->acquire(r.name);
+    try {
+      x = dir_->acquire(r.name);
+    } catch (const Error& e) {
+      throw Error("snapshot: " + std::string(e.what()), e.code());
+    }
   }
   Json exports = Json::array();
   exports.push_back(snapshot_export(*x, r.dest).json());

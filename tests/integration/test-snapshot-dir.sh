@@ -69,6 +69,13 @@ h = nbd.NBD(); h.set_export_name("vm2-snap.img"); h.connect_unix(sys.argv[1])
 h.pwrite(b"Z" * 4096, 0); h.flush(); h.shutdown()
 PY
 cmp "$d/vm2.img" "$T/vm2.orig" || fail "a write to vm2's clone changed vm2"
+# Which export: named, and one that is there.
+for arg in "{\"exports\":[{\"dest\":\"$d/x.img\"}]}" "{\"exports\":[{\"name\":\"nope.img\",\"dest\":\"$d/x.img\"}]}"; do
+  reply=$($PYTHON "$TESTS_DIR/control_client.py" "$ctl" "snapshot $arg")
+  echo "$reply" | grep -q '^{"ok":false,"error":"snapshot: ' || fail "snapshot $arg: $reply"
+  echo "refused: $reply"
+done
+[ ! -e "$d/x.img" ] || fail "a refused snapshot left $d/x.img"
 expect_error 1 "serves a directory: name one of its exports" "$LOOPDIO" snapshot "$sock" "$d/x.img"
 stop_serve
 pass "snapshots in a served directory are exports of their own, independent of their origin"
