@@ -14,6 +14,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <functional>
+#include <memory>
 
 #include "loopdio/backing.h"
 #include "loopdio/error.h"
@@ -181,97 +183,164 @@ Json SnapshotResult::json() const {
   return j;
 }
 
-SnapshotResult snapshot_export(Export& x, const std::string& dest) {
-  const Backing& b = x.backing();
-  const std::string& file = b.options().file;
-  const int src = b.fd();
+namespace {
 
-  // What the export serves must be exactly one whole regular file.
-  struct stat sst {};
-  if (::fstat(src, &sst) != 0) throw sys_error(kWhat + safe_encode(file));
-  if (!S_ISREG(sst.st_mode) || !b.geometry().is_file)
-    throw Error(kWhat + safe_encode(file) +
-                " is a block device: a reflink clone copies files only (snapshot the device "
-                "with its own tools, such as LVM; or serve an image file on xfs or btrfs)");
-  const Geometry& g = b.geometry();
-  if (g.base != 0 || g.size != static_cast<std::uint64_t>(sst.st_size))
-    throw Error(kWhat + "offset=" + std::to_string(g.base) + " sizelimit=" +
-                std::to_string(g.size) + " serve part of " + safe_encode(file) + " (" +
-                std::to_string(sst.st_size) +
-                " bytes): a clone copies the whole file; serve the whole file to snapshot it");
-  const std::string fs = fs_of(src);
+using Clock = std::chrono::steady_clock;
 
-  // DEST: a new file in an existing directory of the image's filesystem.
-  auto [dir_path, base] = split_dest(dest);
-  UniqueFd dir(::open(dir_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!dir) throw sys_error(kWhat + "DEST's directory " + safe_encode(dir_path));
-  struct stat dst {};
-  if (::fstat(dir.get(), &dst) != 0) throw sys_error(kWhat + safe_encode(dir_path));
-  if (dst.st_dev != sst.st_dev)
-    throw Error(kWhat + safe_encode(dest) + " is on another filesystem (" + fs_of(dir.get()) +
-                ") than " + safe_encode(file) + " (" + fs +
-                "): a reflink clone stays within one filesystem; choose DEST there");
-  NewFile out(dest, std::move(dir), base);
+std::string ms_text(Clock::duration d) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.1f", std::chrono::duration<double, std::milli>(d).count());
+  return b;
+}
 
-  // Can this filesystem clone at all? Asked with one block, while the export still runs
-  // (a length of 0 would mean "to the end": the whole file, outside the pause).
-  struct statfs sfs {};
-  std::uint64_t block = static_cast<std::uint64_t>(sst.st_blksize);
-  if (::fstatfs(src, &sfs) == 0) block = std::max<std::uint64_t>(block, sfs.f_bsize);
-  if (block > 0 && static_cast<std::uint64_t>(sst.st_size) >= block) {
-    file_clone_range r{};
-    r.src_fd = src;
-    r.src_offset = 0;
-    r.src_length = block;
-    r.dest_offset = 0;
-    if (::ioctl(out.fd(), FICLONERANGE, &r) != 0) {
-      const int err = errno;
-      if (cannot_clone(err)) throw clone_refused(file, fs, "FICLONERANGE", err);
-      throw sys_error(kWhat + "FICLONERANGE " + safe_encode(file) + " to " + safe_encode(dest), err);
+// One export's part of a snapshot, from its checks to its new file's name.
+class Part {
+ public:
+  // Every check, the new file and the trial clone: nothing pauses yet. Throws loopdio::Error.
+  Part(Export& x, const std::string& dest) : x_(x), dest_(dest) {
+    const Backing& b = x.backing();
+    const int src = b.fd();
+    // What the export serves must be exactly one whole regular file.
+    if (::fstat(src, &sst_) != 0) throw sys_error(kWhat + safe_encode(file()));
+    if (!S_ISREG(sst_.st_mode) || !b.geometry().is_file)
+      throw Error(kWhat + safe_encode(file()) +
+                  " is a block device: a reflink clone copies files only (snapshot the device "
+                  "with its own tools, such as LVM; or serve an image file on xfs or btrfs)");
+    const Geometry& g = b.geometry();
+    if (g.base != 0 || g.size != static_cast<std::uint64_t>(sst_.st_size))
+      throw Error(kWhat + "offset=" + std::to_string(g.base) + " sizelimit=" +
+                  std::to_string(g.size) + " serve part of " + safe_encode(file()) + " (" +
+                  std::to_string(sst_.st_size) +
+                  " bytes): a clone copies the whole file; serve the whole file to snapshot it");
+    fs_ = fs_of(src);
+
+    // DEST: a new file in an existing directory of the image's filesystem.
+    auto [dir_path, base] = split_dest(dest);
+    dir_path_ = dir_path;
+    UniqueFd dir(::open(dir_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!dir) throw sys_error(kWhat + "DEST's directory " + safe_encode(dir_path));
+    struct stat dst {};
+    if (::fstat(dir.get(), &dst) != 0) throw sys_error(kWhat + safe_encode(dir_path));
+    if (dst.st_dev != sst_.st_dev)
+      throw Error(kWhat + safe_encode(dest) + " is on another filesystem (" + fs_of(dir.get()) +
+                  ") than " + safe_encode(file()) + " (" + fs_ +
+                  "): a reflink clone stays within one filesystem; choose DEST there");
+    out_ = std::make_unique<NewFile>(dest, std::move(dir), base);
+
+    // Can this filesystem clone at all? Asked with one block, while the export still runs
+    // (a length of 0 would mean "to the end": the whole file, outside the pause).
+    struct statfs sfs {};
+    std::uint64_t block = static_cast<std::uint64_t>(sst_.st_blksize);
+    if (::fstatfs(src, &sfs) == 0) block = std::max<std::uint64_t>(block, sfs.f_bsize);
+    if (block > 0 && static_cast<std::uint64_t>(sst_.st_size) >= block) {
+      file_clone_range r{};
+      r.src_fd = src;
+      r.src_offset = 0;
+      r.src_length = block;
+      r.dest_offset = 0;
+      if (::ioctl(out_->fd(), FICLONERANGE, &r) != 0) fail("FICLONERANGE", errno);
     }
   }
 
-  // The pause: no request in flight from here to the clone's end. Its parts go to the log,
-  // to tell a slow drain (a request stuck on the disk) from a slow flush or clone.
-  using Clock = std::chrono::steady_clock;
-  Clock::time_point drained_at, synced_at, cloned_at;
-  const std::chrono::nanoseconds paused = x.gate().drained([&] {
-    drained_at = Clock::now();
-    if (::fdatasync(src) != 0) throw sys_error(kWhat + "fdatasync: " + safe_encode(file));
-    synced_at = Clock::now();
-    if (::ioctl(out.fd(), FICLONE, src) != 0) {
-      const int err = errno;
-      if (cannot_clone(err)) throw clone_refused(file, fs, "FICLONE", err);
-      throw sys_error(kWhat + "FICLONE " + safe_encode(file) + " to " + safe_encode(dest), err);
-    }
-    cloned_at = Clock::now();
-  });
+  Export& exp() { return x_; }
+
+  // While every export of the snapshot is drained: flush and clone.
+  void clone() {
+    const int src = x_.backing().fd();
+    const Clock::time_point t0 = Clock::now();
+    if (::fdatasync(src) != 0) throw sys_error(kWhat + "fdatasync: " + safe_encode(file()));
+    const Clock::time_point t1 = Clock::now();
+    if (::ioctl(out_->fd(), FICLONE, src) != 0) fail("FICLONE", errno);
+    sync_ = t1 - t0;
+    clone_ = Clock::now() - t1;
+  }
+  void set_paused(std::chrono::nanoseconds ns) { paused_ = ns; }
 
   // Durable: the clone's extents and size, then its name.
-  if (::fsync(out.fd()) != 0) throw sys_error(kWhat + "fsync: " + safe_encode(dest));
-  out.publish();
-  if (::fsync(out.dir()) != 0) throw sys_error(kWhat + "fsync: " + safe_encode(dir_path));
-  struct stat cst {};
-  if (::fstat(out.fd(), &cst) != 0) throw sys_error(kWhat + safe_encode(dest));
-  if (cst.st_size != sst.st_size)
-    throw Error(kWhat + safe_encode(dest) + ": the clone holds " + std::to_string(cst.st_size) +
-                " bytes, the image " + std::to_string(sst.st_size));
-  out.keep();
+  void publish() {
+    if (::fsync(out_->fd()) != 0) throw sys_error(kWhat + "fsync: " + safe_encode(dest_));
+    out_->publish();
+    if (::fsync(out_->dir()) != 0) throw sys_error(kWhat + "fsync: " + safe_encode(dir_path_));
+    struct stat cst {};
+    if (::fstat(out_->fd(), &cst) != 0) throw sys_error(kWhat + safe_encode(dest_));
+    if (cst.st_size != sst_.st_size)
+      throw Error(kWhat + safe_encode(dest_) + ": the clone holds " +
+                  std::to_string(cst.st_size) + " bytes, the image " +
+                  std::to_string(sst_.st_size));
+  }
 
-  SnapshotResult r;
-  r.name = x.name();
-  r.dest = dest;
-  r.bytes = static_cast<std::uint64_t>(sst.st_size);
-  r.paused_ms = static_cast<double>(paused.count()) / 1e6;
-  auto ms = [](Clock::duration d) {
-    char b[32];
-    std::snprintf(b, sizeof b, "%.1f", std::chrono::duration<double, std::milli>(d).count());
-    return std::string(b);
+  // The snapshot is complete: its file stays.
+  SnapshotResult keep() {
+    out_->keep();
+    SnapshotResult r;
+    r.name = x_.name();
+    r.dest = dest_;
+    r.bytes = static_cast<std::uint64_t>(sst_.st_size);
+    r.paused_ms = static_cast<double>(paused_.count()) / 1e6;
+    notice("snapshot of " + safe_encode(file()) + " to " + safe_encode(dest_) + ": " +
+           human_size(r.bytes) + ", the export paused " + ms_text(paused_) + " ms (fdatasync " +
+           ms_text(sync_) + " ms, clone " + ms_text(clone_) + " ms)");
+    return r;
+  }
+
+ private:
+  const std::string& file() const { return x_.backing().options().file; }
+  [[noreturn]] void fail(const char* call, int err) const {
+    if (cannot_clone(err)) throw clone_refused(file(), fs_, call, err);
+    throw sys_error(kWhat + call + " " + safe_encode(file()) + " to " + safe_encode(dest_), err);
+  }
+
+  Export& x_;
+  std::string dest_, dir_path_, fs_;
+  struct stat sst_ {};
+  std::unique_ptr<NewFile> out_;
+  Clock::duration sync_{}, clone_{};
+  std::chrono::nanoseconds paused_{};
+};
+
+}  // namespace
+
+std::vector<SnapshotResult> snapshot_exports(
+    const std::vector<std::pair<Export*, std::string>>& exports) {
+  for (std::size_t i = 0; i < exports.size(); ++i)
+    for (std::size_t j = 0; j < i; ++j) {
+      if (exports[i].first == exports[j].first)
+        throw Error(kWhat + "\"" + safe_encode(exports[j].first->name()) + "\" and \"" +
+                    safe_encode(exports[i].first->name()) +
+                    "\" are one file (or one name twice): name it once");
+      if (exports[i].second == exports[j].second)
+        throw Error(kWhat + safe_encode(exports[i].second) + " is DEST twice");
+    }
+  std::vector<std::unique_ptr<Part>> parts;
+  for (const auto& [x, dest] : exports) parts.push_back(std::make_unique<Part>(*x, dest));
+
+  // The pause. Every gate is closed before any export is cloned, so that the snapshots are
+  // of one instant: a write acknowledged on one export before a write was sent to another
+  // is never missing from a snapshot that holds the other. Gates are closed in one order
+  // (by address) so that two snapshots of overlapping sets cannot wait for each other.
+  std::vector<Part*> order;
+  for (auto& p : parts) order.push_back(p.get());
+  std::sort(order.begin(), order.end(),
+            [](Part* a, Part* b) { return std::less<Export*>()(&a->exp(), &b->exp()); });
+  std::function<void(std::size_t)> close_from = [&](std::size_t i) {
+    if (i == order.size()) {
+      for (Part* p : order) p->clone();
+      return;
+    }
+    order[i]->set_paused(order[i]->exp().gate().drained([&] { close_from(i + 1); }));
   };
-  notice("snapshot of " + safe_encode(file) + " to " + safe_encode(dest) + ": " +
-         human_size(r.bytes) + ", the export paused " + ms(paused) + " ms (fdatasync " +
-         ms(synced_at - drained_at) + " ms, clone " + ms(cloned_at - synced_at) + " ms)");
-  return r;
+  close_from(0);
+
+  // All or nothing: every new file gets its name, then all stay (on a failure, the names
+  // given so far are removed with their files).
+  for (auto& p : parts) p->publish();
+  std::vector<SnapshotResult> results;
+  for (auto& p : parts) results.push_back(p->keep());
+  return results;
+}
+
+SnapshotResult snapshot_export(Export& x, const std::string& dest) {
+  return snapshot_exports({{&x, dest}}).front();
 }
 
 }  // namespace loopdio

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "loopdio/json.h"
@@ -42,5 +43,10 @@ struct SnapshotResult {
 // Snapshots `x` to `dest` (absolute; must not exist). Throws loopdio::Error with a one-line
 // reason, leaving nothing at `dest`; the export is running again whenever it returns.
 SnapshotResult snapshot_export(Export& x, const std::string& dest);
+// Several exports at one instant: each is checked and its file made first, then every
+// export is drained (all at once) and cloned, then all resume. All or nothing: on any
+// refusal or failure, no DEST is left. Distinct exports and destinations only.
+std::vector<SnapshotResult> snapshot_exports(
+    const std::vector<std::pair<Export*, std::string>>& exports);
 
 }  // namespace loopdio

@@ -130,7 +130,7 @@ expect_refusal "$ctl" '{"exports":[{"dest":"/x","mode":1}]}' 'unknown member "mo
 expect_refusal "$ctl" '{"export":[]}' 'expected {"exports":'
 expect_refusal "$ctl" "$(dest_json "$mnt/a.img" some.img)" "serves one image: name no export"
 expect_refusal "$ctl" "{\"exports\":[{\"dest\":\"$mnt/a.img\"},{\"dest\":\"$mnt/b.img\"}]}" \
-  "one export per command"
+  "this server serves one image: one DEST"
 [ "$(drains "$ctl")" -eq 0 ] || fail "xfs: the export was paused for a refused snapshot"
 [ "$(ls -A "$mnt" | sort | tr '\n' ' ')" = "disk.img exists.img link.img " ] ||
   fail "refusals left files: $(ls -A "$mnt")"
