@@ -2,7 +2,9 @@
 # A snapshot placed in a served directory (dir=) is an export like any other, and a writable
 # one: writes to the clone leave the origin as it was, and writes to the origin leave the
 # clone. Snapshots through `loopdio snapshot` with the export's URI (a connection open), and
-# through the control socket of an export no client has open.
+# through the control socket of an export no client has open. Two exports snapshotted
+# together are of one instant, under writes that alternate between them; `--all` takes
+# every export of the directory; refusals leave nothing.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/cli_lib.sh"
 require_root
@@ -76,6 +78,75 @@ for arg in "{\"exports\":[{\"dest\":\"$d/x.img\"}]}" "{\"exports\":[{\"name\":\"
   echo "refused: $reply"
 done
 [ ! -e "$d/x.img" ] || fail "a refused snapshot left $d/x.img"
+# Several exports at one instant. One connection writes sequence numbers to vm1, then (once
+# acknowledged) the same number to vm2, and so on: at any instant vm1 holds vm2's number or
+# the next one. Every snapshot of the two together must too.
+mkdir "$mnt/group"
+$PYTHON - "$sock" "$ctl" "$mnt/group" <<'PY' || fail "snapshots of two exports at one instant"
+import json, struct, sys, threading, nbd
+import control_client
+sock, ctl, out = sys.argv[1:]
+def conn(name):
+    h = nbd.NBD(); h.set_export_name(name); h.connect_unix(sock)
+    return h
+h1, h2 = conn("vm1.img"), conn("vm2.img")
+cv, done, stop = threading.Condition(), [0], threading.Event()
+def writer():
+    n = 0
+    while not stop.is_set():
+        n += 1
+        block = struct.pack("<Q", n) * 512
+        h1.pwrite(block, 1 << 20)
+        h2.pwrite(block, 1 << 20)
+        with cv:
+            done[0] = n
+            cv.notify_all()
+t = threading.Thread(target=writer)
+t.start()
+results = []
+try:
+    for i in range(10):
+        with cv:
+            mark = done[0] + 20
+            cv.wait_for(lambda: done[0] >= mark, timeout=60)
+        dests = [f"{out}/g{i}-vm1.img", f"{out}/g{i}-vm2.img"]
+        cmd = {"exports": [{"name": "vm1.img", "dest": dests[0]}, {"name": "vm2.img", "dest": dests[1]}]}
+        (line,) = control_client.ask(ctl, "snapshot " + json.dumps(cmd), timeout=60)
+        r = json.loads(line)
+        assert r["ok"] and [e["dest"] for e in r["exports"]] == dests, r
+        results.append((dests, [e["paused_ms"] for e in r["exports"]]))
+finally:
+    stop.set()
+    t.join()
+between = 0
+for dests, paused in results:
+    s1, s2 = (struct.unpack("<Q", open(d, "rb").read()[1 << 20:(1 << 20) + 8])[0] for d in dests)
+    assert s1 in (s2, s2 + 1), f"{dests}: vm1 at {s1}, vm2 at {s2}: not one instant"
+    between += s1 == s2 + 1
+    print(f"  vm1 {s1}, vm2 {s2}; paused {paused[0]:.1f} and {paused[1]:.1f} ms")
+print(f"10 snapshots of vm1 and vm2 together, each of one instant ({between} between a pair of writes)")
+PY
+
+# Refused before anything: one export twice, one DEST twice.
+for arg in "{\"exports\":[{\"name\":\"vm1.img\",\"dest\":\"$d/x.img\"},{\"name\":\"vm1.img\",\"dest\":\"$d/y.img\"}]}" \
+           "{\"exports\":[{\"name\":\"vm1.img\",\"dest\":\"$d/x.img\"},{\"name\":\"vm2.img\",\"dest\":\"$d/x.img\"}]}"; do
+  reply=$($PYTHON "$TESTS_DIR/control_client.py" "$ctl" "snapshot $arg")
+  echo "$reply" | grep -qE '^\{"ok":false,"error":"snapshot: .*(name it once|is DEST twice)' || fail "snapshot $arg: $reply"
+  echo "refused: $reply"
+done
+[ ! -e "$d/x.img" ] && [ ! -e "$d/y.img" ] || fail "a refused snapshot left a file"
+
+# --all: every export of the directory, each to DESTDIR/NAME.
+mkdir "$mnt/all"
+"$LOOPDIO" snapshot --all "$mnt/all" "$sock" >"$T/all.out" || fail "loopdio snapshot --all"
+cat "$T/all.out"
+[ "$(wc -l <"$T/all.out")" -eq 4 ] || fail "--all: not one line per export"
+for n in vm1.img vm1-snap.img vm2.img vm2-snap.img; do
+  grep -qF "$mnt/all/$n: 8.0 MiB, $(uri $n) paused " "$T/all.out" || fail "--all: no line for $n"
+  cmp "$d/$n" "$mnt/all/$n" || fail "--all: $n differs"
+done
+expect_error 1 "--all takes the server" "$LOOPDIO" snapshot --all "$mnt/all" "$(uri vm1.img)"
+expect_error 2 "exists" "$LOOPDIO" snapshot --all "$mnt/all" "$sock"
 expect_error 1 "serves a directory: name one of its exports" "$LOOPDIO" snapshot "$sock" "$d/x.img"
 stop_serve
 pass "snapshots in a served directory are exports of their own, independent of their origin"
