@@ -3,7 +3,8 @@
 # filesystems that cannot clone (ext4, tmpfs: a reader's requests keep completing, the
 # export's status counts no drain, nothing is created at DEST), a DEST that exists (left
 # untouched), is a symbolic link, is relative, is in a missing directory or on another
-# filesystem; a block device; an export of part of a file (offset=, sizelimit=); bad JSON.
+# filesystem; a block device; an export of part of a file (offset=, sizelimit=); bad JSON;
+# a clone that fails within the pause (an image smaller than one block, on ext4).
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/cli_lib.sh"
 require_root
@@ -95,6 +96,19 @@ expect_error 2 "cannot clone files" "$LOOPDIO" snapshot "$T/cli.sock" "$mnt/cli-
 expect_error 1 "expected an export" "$LOOPDIO" snapshot "$T/cli.sock"
 stop_serve
 pass "loopdio snapshot: the refusal on one line"
+
+# An image smaller than a block cannot be asked with a one-block clone: the clone itself
+# fails, within the pause. The export resumes, and nothing is left.
+head -c 1000 /dev/urandom >"$mnt/tiny.img"
+start_server -- file="$mnt/tiny.img" control="$T/ctl-tiny.sock"
+expect_refusal "$T/ctl-tiny.sock" "$(dest_json "$mnt/tiny-snap.img")" "is on ext4, which cannot clone files (FICLONE:"
+[ ! -e "$mnt/tiny-snap.img" ] || fail "tiny: DEST left behind"
+[ "$(drains "$T/ctl-tiny.sock")" -eq 1 ] || fail "tiny: not one pause"
+$PYTHON -c 'import sys, nbd
+h = nbd.NBD(); h.set_strict_mode(0); h.connect_uri(sys.argv[1]); h.pwrite(b"x" * 1000, 0); assert h.pread(1000, 0) == b"x" * 1000' "$URI" ||
+  fail "tiny: the export does not serve after the failed clone"
+stop_server
+pass "a clone refused within the pause: the export resumes, nothing is left"
 
 # On xfs, which can clone: everything wrong with DEST or the export.
 mnt=$(make_fs xfs 512M)
