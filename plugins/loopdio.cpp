@@ -159,8 +159,11 @@ int loopdio_get_ready() {
     if (!g_opts.control.empty())
       g_control = std::make_unique<ControlServer>(
           g_opts.control, [](std::string_view line) { return g_service->control(line); },
-          // What may wait on a disk (a drain, fdatasync) never takes the last free worker.
-          [](std::string_view line) { return line == "flush" || line.starts_with("set "); });
+          // What may wait on a disk (a drain, fdatasync, a clone) never takes the last free
+          // worker.
+          [](std::string_view line) {
+            return line == "flush" || line.starts_with("set ") || line.starts_with("snapshot");
+          });
     return 0;
   }, -1);
 }

@@ -23,24 +23,37 @@ void DrainGate::leave() {
   }
 }
 
-void DrainGate::drained(const std::function<void()>& fn) {
+std::chrono::nanoseconds DrainGate::drained(const std::function<void()>& fn) {
+  using Clock = std::chrono::steady_clock;
   std::lock_guard one(switch_mu_);
-  closing_.store(true);
+  // Reopens once: after fn, or on the way out when the wait or fn throws.
   struct Reopen {
     DrainGate& g;
-    ~Reopen() {
+    Clock::time_point closed = Clock::now();
+    bool open = false;
+    std::chrono::nanoseconds now() {
       {
         std::lock_guard lk(g.mu_);
         g.closing_.store(false);
       }
       g.cv_.notify_all();
+      open = true;
+      auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - closed);
+      g.drains_.fetch_add(1, std::memory_order_relaxed);
+      g.closed_ns_.fetch_add(static_cast<std::uint64_t>(ns.count()), std::memory_order_relaxed);
+      return ns;
+    }
+    ~Reopen() {
+      if (!open) now();
     }
   } reopen{*this};
+  closing_.store(true);
   {
     std::unique_lock lk(mu_);
     cv_.wait(lk, [&] { return inflight_.load() == 0; });
   }
   fn();
+  return reopen.now();
 }
 
 }  // namespace loopdio

@@ -142,6 +142,8 @@ void Export::status(Json& j) {
   j["alignment"] = b.probe().dio_supported ? b.probe().align.offset : 0;
   j["connections"] = connections_.load();
   j["in_flight"] = gate_.in_flight();
+  j["drains"] = gate_.drains();  // pauses for a switch or a snapshot
+  j["drained_seconds"] = static_cast<double>(gate_.closed_ns()) / 1e9;
   j["throttle_waiting"] = throttle_->waiting();  // requests its limits hold back now
   j["description"] = describe();
   j["limits"] = limits().json();

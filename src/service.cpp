@@ -13,6 +13,7 @@
 #include "loopdio/error.h"
 #include "loopdio/reserve_heap.h"
 #include "loopdio/safe_text.h"
+#include "loopdio/snapshot.h"
 
 namespace loopdio {
 
@@ -134,6 +135,34 @@ void Service::flush() {
   for (const std::shared_ptr<Export>& x : open_exports())
     if (::fdatasync(x->backing().fd()) != 0)
       throw sys_error("fdatasync: " + safe_encode(x->options().file));
+}
+
+// "snapshot {JSON}" (snapshot.h): one export, or several of a directory at one instant.
+Json Service::snapshot(std::string_view args) {
+  const std::vector<SnapshotRequest> reqs = parse_snapshot_request(args);
+  // Held throughout: connections arriving meanwhile share the exports' gates.
+  std::vector<std::shared_ptr<Export>> held;
+  std::vector<std::pair<Export*, std::string>> targets;
+  for (const SnapshotRequest& r : reqs) {
+    if (single_) {
+      if (!r.name.empty()) throw Error("snapshot: this server serves one image: name no export");
+      if (reqs.size() > 1) throw Error("snapshot: this server serves one image: one DEST");
+      held.push_back(single_);
+    } else {
+      if (r.name.empty())
+        throw Error("snapshot: which export? (\"name\" of a file in " + safe_encode(opts_.dir) +
+                    ")");
+      try {
+        held.push_back(dir_->acquire(r.name));
+      } catch (const Error& e) {
+        throw Error("snapshot: " + std::string(e.what()), e.code());
+      }
+    }
+    targets.emplace_back(held.back().get(), r.dest);
+  }
+  Json exports = Json::array();
+  for (const SnapshotResult& r : snapshot_exports(targets)) exports.push_back(r.json());
+  return Json{{"ok", true}, {"exports", std::move(exports)}};
 }
 
 std::vector<ExportMetrics> Service::collect() {
@@ -279,6 +308,8 @@ std::string Service::control(std::string_view line) {
       flush();
       return dump_line(Json{{"ok", true}});
     }
+    if (line.starts_with("snapshot ") || line == "snapshot")
+      return dump_line(snapshot(line.substr(std::min<std::size_t>(line.size(), 9))));
     if (line.starts_with("set limits ") || line == "set limits")
       return dump_line(set_limits(line.substr(std::min<std::size_t>(line.size(), 11))));
     for (const char* verb : {"set direct-io on", "set direct-io off"}) {

@@ -4,7 +4,9 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <functional>
 #include <mutex>
 
@@ -24,10 +26,15 @@ class DrainGate {
     DrainGate& g_;
   };
 
-  // Closes the gate, waits for every request in flight, runs `fn`, reopens. One at a time.
-  void drained(const std::function<void()>& fn);
+  // Closes the gate, waits for every request in flight, runs `fn`, reopens (also when `fn`
+  // throws). One at a time. Returns how long the gate was closed: the pause clients saw.
+  std::chrono::nanoseconds drained(const std::function<void()>& fn);
 
   unsigned in_flight() const { return inflight_.load(); }
+  // How many times the gate has been closed, and for how long in all: what `status` shows,
+  // so that a command that must not pause the export can be seen not to have.
+  std::uint64_t drains() const { return drains_.load(std::memory_order_relaxed); }
+  std::uint64_t closed_ns() const { return closed_ns_.load(std::memory_order_relaxed); }
 
  private:
   void enter();
@@ -38,6 +45,7 @@ class DrainGate {
   std::mutex mu_;               // pairs with cv_; guards the sleeps on both sides
   std::condition_variable cv_;  // signalled when the last request leaves, and on reopening
   std::mutex switch_mu_;        // one drained() at a time
+  std::atomic<std::uint64_t> drains_{0}, closed_ns_{0};
 };
 
 }  // namespace loopdio

@@ -64,6 +64,7 @@ class Service {
  private:
   void set_direct_io(const std::string& name, bool on);
   Json set_limits(std::string_view args);
+  Json snapshot(std::string_view args);
   void load_limits_file(const std::string& path);
   void flush();
   static ExportMetrics export_metrics(const std::string& name, const std::string& file,

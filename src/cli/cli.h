@@ -28,6 +28,7 @@ int run_attach(const Args& args);
 int run_detach(const Args& args);
 int run_list(const Args& args);
 int run_set(const Args& args);
+int run_snapshot(const Args& args);
 int run_info(const Args& args);
 int run_stat(const Args& args);
 

@@ -20,12 +20,16 @@ bool holds(const Json& v) {
   if constexpr (std::is_same_v<T, bool>) return v.is_boolean();
   if constexpr (std::is_same_v<T, std::string>) return v.is_string();
   if constexpr (std::is_same_v<T, std::int64_t>) return v.is_number_integer();
+  if constexpr (std::is_same_v<T, std::uint64_t>) return v.is_number_unsigned();
+  if constexpr (std::is_same_v<T, double>) return v.is_number();
 }
 template <class T>
 const char* type_name() {
   if constexpr (std::is_same_v<T, bool>) return "a boolean";
   if constexpr (std::is_same_v<T, std::string>) return "a string";
   if constexpr (std::is_same_v<T, std::int64_t>) return "an integer";
+  if constexpr (std::is_same_v<T, std::uint64_t>) return "an unsigned integer";
+  if constexpr (std::is_same_v<T, double>) return "a number";
 }
 }  // namespace detail
 

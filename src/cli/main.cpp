@@ -29,6 +29,7 @@ const Command kCommands[] = {
     {"detach", run_detach, "flush and detach /dev/nbdN (or --all) and stop its server"},
     {"list", run_list, "list the exports started by loopdio, with their live state"},
     {"set", run_set, "switch direct I/O of a running export on or off"},
+    {"snapshot", run_snapshot, "clone a running export's image to a new file (reflink)"},
     {"info", run_info, "show size, block sizes, flags and description of any NBD export"},
     {"stat", run_stat, "show what exports are doing: IOPS, MiB/s, latency (like iostat -x)"},
 };

@@ -57,6 +57,7 @@ require_root() { [ "$(id -u)" -eq 0 ] || skip "needs root (loop devices, mounts)
 # point. The loop devices are buffered (no --direct-io): the image file under them is their
 # volatile cache, which a flush writes out.
 #   ext4   ext4 on a 512-byte-sector loop device
+#   xfs    xfs on a 512-byte-sector loop device (reflink=1: mkfs.xfs's default)
 #   xfs4k  xfs on a 4096-byte-sector loop device (a 4K-native backing)
 #   tmpfs  tmpfs
 make_fs() {
@@ -66,12 +67,16 @@ make_fs() {
     tmpfs)
       mount -t tmpfs -o size="$size"${3:+,$3} tmpfs "$mnt"
       ;;
-    ext4 | xfs4k)
+    ext4 | xfs | xfs4k)
       truncate -s "$size" "$mnt.img"
       if [ "$kind" = xfs4k ]; then
         dev=$(losetup --sector-size 4096 -f --show "$mnt.img")
         at_exit "losetup -d $dev"
         mkfs.xfs -q -f -s size=4096 "$dev"
+      elif [ "$kind" = xfs ]; then
+        dev=$(losetup -f --show "$mnt.img")
+        at_exit "losetup -d $dev"
+        mkfs.xfs -q -f "$dev"
       else
         dev=$(losetup -f --show "$mnt.img")
         at_exit "losetup -d $dev"

@@ -164,7 +164,7 @@ expect_words() {  # expect_words LINE WORD...: completing LINE offers every WORD
   done
   pass "completing '$line': $(tr '\n' ' ' <<<"$got")"
 }
-expect_words "loopdio " serve attach detach list set info stat
+expect_words "loopdio " serve attach detach list set snapshot info stat
 expect_words "loopdio serve --" --unix --port --read-only --direct-io --aio --sector-size --help
 expect_words "loopdio serve --direct-io " on off auto
 expect_words "loopdio set --direct-io=on " "$sock"

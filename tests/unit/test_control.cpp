@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <stdexcept>
 #include <chrono>
 #include <thread>
 
@@ -43,6 +44,19 @@ TEST(DrainGate, SwitchWaitsForRequestsInFlightAndHoldsNewOnes) {
   stop = true;
   for (auto& th : requests) th.join();
   EXPECT_EQ(max_inside_during_switch.load(), 0);
+  EXPECT_EQ(gate.in_flight(), 0u);
+}
+
+TEST(DrainGate, CountsItsPauses) {
+  DrainGate gate;
+  EXPECT_EQ(gate.drains(), 0u);
+  auto ns = gate.drained([] {});
+  EXPECT_EQ(gate.drains(), 1u);
+  EXPECT_GE(gate.closed_ns(), static_cast<std::uint64_t>(ns.count()));
+  // A failing action reopens the gate, and counts as a pause too.
+  EXPECT_THROW(gate.drained([] { throw std::runtime_error("x"); }), std::runtime_error);
+  EXPECT_EQ(gate.drains(), 2u);
+  { DrainGate::Pass p(gate); }  // open again: does not wait
   EXPECT_EQ(gate.in_flight(), 0u);
 }
 

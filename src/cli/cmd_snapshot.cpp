@@ -1,0 +1,136 @@
+// `loopdio snapshot`: a point-in-time copy of a running export, by reflink. The server
+// drains the export's requests, fdatasyncs, clones the image to DEST and resumes (the pause
+// is printed); or it refuses with the reason, before pausing anything (a filesystem that
+// cannot clone, DEST on another filesystem or already there, a block device, part of a file).
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+#include "args.h"
+#include "cli.h"
+#include "control_client.h"
+#include "json_read.h"
+#include "loopdio/backing.h"
+#include "loopdio/error.h"
+#include "safe_text.h"
+#include "state.h"
+
+namespace loopdio::cli {
+namespace {
+
+using namespace std::chrono_literals;
+
+const CommandHelp kHelp = {
+    "snapshot", "DEVICE|SOCKET|URI DEST | --all DESTDIR SOCKET|URI",
+    "Clones a running export's image to the new file DEST, in the image's filesystem, with\n"
+    "ioctl FICLONE (reflink: instant, and sharing the image's blocks until either changes).\n"
+    "The export is named as `loopdio list` shows it (an export of a served directory by its\n"
+    "own URI, e.g. nbd://localhost:10809/vm1.img). Its requests pause while it is drained,\n"
+    "fdatasynced and cloned (printed: milliseconds, whatever the image's size); the clone\n"
+    "is fsynced after.\n"
+    "DEST holds every write acknowledged before the command started, and nothing a client\n"
+    "sends after it returns. DEST must not exist; a relative DEST is taken from the current\n"
+    "directory. A filesystem that cannot clone (ext4, tmpfs: use xfs with reflink=1, or\n"
+    "btrfs), DEST on another filesystem, a block device, or an export of part of a file\n"
+    "(--offset, --sizelimit) is refused with the reason before the export pauses, and\n"
+    "nothing is left at DEST.\n"};
+
+}  // namespace
+
+int run_snapshot(const Args& args) {
+  po::options_description visible("Options");
+  visible.add_options()
+      ("all", po::value<std::string>()->value_name("DESTDIR"),
+       "Every export of the server at one instant, each to DESTDIR/NAME (a single image: "
+       "DESTDIR/its file name).");
+  po::options_description hidden;
+  hidden.add_options()("target", po::value<std::string>())("dest", po::value<std::string>());
+  po::positional_options_description pos;
+  pos.add("target", 1).add("dest", 1);
+  auto vm = parse_args(kHelp, args, visible, hidden, pos);
+  if (!vm) return kExitOk;
+  const bool all = vm->count("all") > 0;
+  if (!vm->count("target") || (!all && !vm->count("dest")))
+    throw UsageError("snapshot: expected an export (DEVICE, SOCKET or URI, as loopdio list "
+                     "shows it) and DEST, or --all DESTDIR and a server");
+  if (all && vm->count("dest"))
+    throw UsageError("snapshot: --all takes DESTDIR, and no DEST");
+  const std::string target = vm->at("target").as<std::string>();
+  std::string dest = all ? vm->at("all").as<std::string>() : vm->at("dest").as<std::string>();
+  if (dest.empty()) throw UsageError(all ? "snapshot: DESTDIR is empty" : "snapshot: DEST is empty");
+  // Made absolute lexically: a symbolic link as DEST's last component is refused by the
+  // server, not followed here.
+  if (dest[0] != '/') dest = (std::filesystem::current_path() / dest).string();
+
+  StateDir dir;
+  std::string export_name;
+  ExportState s = [&] {
+    StateLock lock(dir);
+    for (const ExportState& live : dir.live())
+      if (auto name = export_in(live, target)) {
+        export_name = *name;
+        return live;
+      }
+    return dir.find(target);
+  }();
+  const bool serves_dir = !s.requested.dir.empty();
+  if (serves_dir && export_name.empty() && !all)
+    throw UsageError("snapshot: " + target + " serves a directory: name one of its exports, as "
+                     "loopdio list shows it (" + export_uri(s, "NAME") + "), or use --all");
+  if (all && !export_name.empty())
+    throw UsageError("snapshot: --all takes the server (its socket or URI), not one export");
+  const std::string what = "control socket " + s.control;
+
+  Json exports = Json::array();
+  if (!all) {
+    Json e;
+    if (!export_name.empty()) e["name"] = export_name;
+    put_path(e, "dest", dest);
+    exports.push_back(std::move(e));
+  } else if (!serves_dir) {
+    Json e;
+    put_path(e, "dest", dest + "/" + std::filesystem::path(s.requested.file).filename().string());
+    exports.push_back(std::move(e));
+  } else {
+    // Every export the directory has now, as the server lists them (not the stale ones,
+    // which no name leads to any more).
+    Json status = control_call(s.control, "status", 10s);
+    auto list = status.find("exports");
+    if (list == status.end() || !list->is_array())
+      throw Error(what + ": \"exports\" is missing or not an array");
+    for (const Json& x : *list) {
+      if (x.value("stale", false)) continue;
+      const std::string name = get_path(x, "name");
+      Json e;
+      put_path(e, "name", name);
+      put_path(e, "dest", dest + "/" + name);
+      exports.push_back(std::move(e));
+    }
+    if (exports.empty()) throw Error(target + ": the directory has no export to snapshot");
+  }
+
+  const std::string name = export_name.empty() ? s.display_name() : target;
+  // The drain waits for requests in flight, which a slow disk can hold for a while.
+  Json request{{"exports", std::move(exports)}};
+  Json reply = control_request(s.control, "snapshot " + dump_line(request), 120s);
+  if (!member<bool>(reply, "ok", what))
+    throw Error(name + ": no snapshot: " +
+                opt_member<std::string>(reply, "error", what).value_or("refused"));
+  auto done = reply.find("exports");
+  if (done == reply.end() || !done->is_array())
+    throw Error(what + ": \"exports\" is missing or not an array");
+  for (const Json& x : *done) {
+    const double ms = member<double>(x, "paused_ms", what);
+    char paused[32];
+    std::snprintf(paused, sizeof paused, "%.1f ms", ms);
+    const std::string exp_name = get_path(x, "name");
+    const std::string shown = all && serves_dir ? export_uri(s, exp_name) : name;
+    std::printf("%s: %s, %s paused %s\n", safe_encode(get_path(x, "dest")).c_str(),
+                human_size(member<std::uint64_t>(x, "bytes", what)).c_str(),
+                safe_encode(shown).c_str(), paused);
+  }
+  return kExitOk;
+}
+
+}  // namespace loopdio::cli
