@@ -12,7 +12,7 @@ packages=(
   # what scripts/nbdkit.sh needs to build nbdkit from source
   dpkg-dev autoconf automake libtool libgnutls28-dev zlib1g-dev
   # run and test
-  libnbd-bin python3-libnbd nbd-client qemu-utils fio xfsprogs e2fsprogs util-linux
+  libnbd-bin python3-libnbd nbd-client qemu-utils fio xfsprogs btrfs-progs e2fsprogs util-linux
   fuse3 gnutls-bin systemd systemd-container procps psmisc kmod strace
   python3-prometheus-client
   # the kernel-client test: a Debian kernel booted under qemu

@@ -59,6 +59,7 @@ require_root() { [ "$(id -u)" -eq 0 ] || skip "needs root (loop devices, mounts)
 #   ext4   ext4 on a 512-byte-sector loop device
 #   xfs    xfs on a 512-byte-sector loop device (reflink=1: mkfs.xfs's default)
 #   xfs4k  xfs on a 4096-byte-sector loop device (a 4K-native backing)
+#   btrfs  btrfs on a 512-byte-sector loop device (at least 128M)
 #   tmpfs  tmpfs
 make_fs() {
   local kind=$1 size=${2:-512M} mnt dev opts=${3:+-o $3}
@@ -67,12 +68,16 @@ make_fs() {
     tmpfs)
       mount -t tmpfs -o size="$size"${3:+,$3} tmpfs "$mnt"
       ;;
-    ext4 | xfs | xfs4k)
+    ext4 | xfs | xfs4k | btrfs)
       truncate -s "$size" "$mnt.img"
       if [ "$kind" = xfs4k ]; then
         dev=$(losetup --sector-size 4096 -f --show "$mnt.img")
         at_exit "losetup -d $dev"
         mkfs.xfs -q -f -s size=4096 "$dev"
+      elif [ "$kind" = btrfs ]; then
+        dev=$(losetup -f --show "$mnt.img")
+        at_exit "losetup -d $dev"
+        mkfs.btrfs -q -f "$dev" >/dev/null
       elif [ "$kind" = xfs ]; then
         dev=$(losetup -f --show "$mnt.img")
         at_exit "losetup -d $dev"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Live snapshots by reflink under writes, on xfs (512-byte sectors) and xfs4k (4K-native):
+# Live snapshots by reflink under writes, on xfs (512-byte sectors), xfs4k (4K-native) and
+# btrfs (unless the kernel lacks it, which is printed):
 # four connections write aligned and unaligned blocks, each in a region of its own, while ten
 # snapshots are taken one after another through the control socket (and, on xfs4k, one more
 # through `loopdio snapshot`); each must hold every write acknowledged before its command was
@@ -10,19 +11,25 @@
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/cli_lib.sh"
 require_root
-require nbdkit mkfs.xfs xfs_info
+require nbdkit mkfs.xfs xfs_info mkfs.btrfs
 
 LOOPDIO=$LOOPDIO_BUILD/loopdio
 export LOOPDIO_RUN_DIR=$T/run
 size=$((64 << 20))
 
-for kind in xfs xfs4k; do
+kinds="xfs xfs4k btrfs"
+if ! grep -qw btrfs /proc/filesystems && ! modprobe -q btrfs 2>/dev/null; then
+  echo "SKIP btrfs (kernel): this kernel has no btrfs; xfs and xfs4k only"
+  kinds="xfs xfs4k"
+fi
+for kind in $kinds; do
   mnt=$(make_fs $kind 1G)
-  xfs_info "$mnt" | grep -q 'reflink=1' || fail "$kind: mkfs.xfs made no reflink=1 filesystem"
+  [ $kind = btrfs ] || xfs_info "$mnt" | grep -q 'reflink=1' ||
+    fail "$kind: mkfs.xfs made no reflink=1 filesystem"
   img=$mnt/disk.img
   truncate -s $size "$img"
   mkdir "$mnt/snaps"
-  if [ $kind = xfs ]; then
+  if [ $kind != xfs4k ]; then
     # The plugin run directly by nbdkit, file= and control=.
     start_server -- file="$img" control="$T/ctl-$kind.sock"
     $PYTHON "$TESTS_DIR/snapshot.py" --uri "$URI" --image "$img" --size $size \
