@@ -7,7 +7,7 @@ VM_MEMORY=${VM_MEMORY:-128M}
 VM_TIMEOUT=${VM_TIMEOUT:-180}  # the host kills qemu then; the guest gives up 20 s earlier
 # In load order after dependencies; ext4 needs crc32c through the crypto API (a soft
 # dependency, absent from modules.dep).
-VM_MODULES=(virtio_pci virtio_blk 9pnet_virtio 9p overlay crc32c_generic ext4 loop nbd)
+VM_MODULES=(virtio_pci virtio_blk 9pnet_virtio 9p overlay crc32c_generic ext4 xfs loop nbd)
 # One virtio-blk disk each (/dev/vda, /dev/vdb, ...): "SOURCE:LOGICAL_BLOCK_SIZE[:OPTIONS]".
 # SOURCE is a raw image file, or nbd-unix=SOCKET: an NBD export that qemu's own NBD driver
 # reaches on a Unix socket of the host. OPTIONS (discard=unmap,...) go to the drive.
