@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Live snapshots by reflink under writes, on xfs (512-byte sectors), xfs4k (4K-native) and
 # btrfs (unless the kernel lacks it, which is printed):
-# four connections write aligned and unaligned blocks, each in a region of its own, while ten
+# four connections write aligned and unaligned blocks, each in a region of its own, while 20
 # snapshots are taken one after another through the control socket (and, on xfs4k, one more
 # through `loopdio snapshot`); each must hold every write acknowledged before its command was
 # sent and none sent after its reply (snapshot.py checks that against the writes' log), and
-# the pauses are printed. The same, five times each, with aio=io_uring and with aio=sync and
+# the pauses are printed. With the writers gone, one more snapshot is identical to the image
+# (qemu-img compare). The same, five times each, with aio=io_uring and with aio=sync and
 # buffered I/O. Then a 16 GiB sparse image with 2 GiB written is snapshotted in
 # under a second, end to end.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/cli_lib.sh"
 require_root
-require nbdkit mkfs.xfs xfs_info mkfs.btrfs
+require nbdkit mkfs.xfs xfs_info mkfs.btrfs qemu-img
 
 LOOPDIO=$LOOPDIO_BUILD/loopdio
 export LOOPDIO_RUN_DIR=$T/run
@@ -33,11 +34,21 @@ for kind in $kinds; do
     # The plugin run directly by nbdkit, file= and control=.
     start_server -- file="$img" control="$T/ctl-$kind.sock"
     $PYTHON "$TESTS_DIR/snapshot.py" --uri "$URI" --image "$img" --size $size \
-      --snapdir "$mnt/snaps" --control "$T/ctl-$kind.sock" --count 10 ||
+      --snapdir "$mnt/snaps" --control "$T/ctl-$kind.sock" --count 20 ||
       { cat "$SERVER_LOG"; fail "$kind: snapshots under writes"; }
     grep -q "snapshot of $img to $mnt/snaps/snap1.img: 64.0 MiB, the export paused" "$SERVER_LOG" ||
       { cat "$SERVER_LOG"; fail "$kind: no notice in the server's log"; }
     grep -o 'snap[0-9]*.img: .*' "$SERVER_LOG"  # where each pause went
+    # With the writers gone, a snapshot is the image: qemu-img compare finds them identical.
+    $PYTHON - "$T/ctl-$kind.sock" "$mnt/snaps/idle.img" <<'PY' || fail "$kind: idle snapshot"
+import json, sys, control_client
+cmd = "snapshot " + json.dumps({"exports": [{"dest": sys.argv[2]}]})
+reply = json.loads(control_client.ask(sys.argv[1], cmd, timeout=120)[0])
+if not reply.get("ok"):
+    raise AssertionError(reply)
+PY
+    qemu-img compare -q -f raw -F raw "$img" "$mnt/snaps/idle.img" ||
+      fail "$kind: qemu-img compare: a snapshot of an idle export differs from the image"
     stop_server
   else
     # Through `loopdio serve`, so that `loopdio snapshot` finds the export by its socket.
@@ -45,13 +56,13 @@ for kind in $kinds; do
     serve_until_ready "$T/serve-$kind.out" "$LOOPDIO" serve --unix "$sock" "$img"
     ctl=$(ls "$LOOPDIO_RUN_DIR"/*.ctl)
     $PYTHON "$TESTS_DIR/snapshot.py" --uri "nbd+unix:///?socket=$sock" --image "$img" \
-      --size $size --snapdir "$mnt/snaps" --control "$ctl" --count 10 --cli "$LOOPDIO" "$sock" ||
+      --size $size --snapdir "$mnt/snaps" --control "$ctl" --count 20 --cli "$LOOPDIO" "$sock" ||
       { cat "$T/serve-$kind.out.err"; fail "$kind: snapshots under writes"; }
     stop_serve
   fi
   # A snapshot is a file of its own: it stays when the image changes or goes.
   cmp -s "$mnt/snaps/snap1.img" "$mnt/snaps/snap2.img" && fail "$kind: two snapshots under writes are equal"
-  pass "$kind: 10 snapshots under 4 writing connections, each exactly a point in their writes"
+  pass "$kind: 20 snapshots under 4 writing connections, each exactly a point in their writes"
 done
 
 # The other engines, and buffered I/O (writes wait in the page cache until fdatasync): five
