@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <string>
 
 #include "args.h"
@@ -22,7 +23,7 @@ namespace {
 using namespace std::chrono_literals;
 
 const CommandHelp kHelp = {
-    "snapshot", "DEVICE|SOCKET|URI DEST | --all DESTDIR SOCKET|URI",
+    "snapshot", "DEVICE|SOCKET|URI DEST | --all DESTDIR SOCKET|URI | --control SOCKET [--export NAME] DEST",
     "Clones a running export's image to the new file DEST, in the image's filesystem, with\n"
     "ioctl FICLONE (reflink: instant, and sharing the image's blocks until either changes).\n"
     "The export is named as `loopdio list` shows it (an export of a served directory by its\n"
@@ -34,7 +35,93 @@ const CommandHelp kHelp = {
     "directory. A filesystem that cannot clone (ext4, tmpfs: use xfs with reflink=1, or\n"
     "btrfs), DEST on another filesystem, a block device, or an export of part of a file\n"
     "(--offset, --sizelimit) is refused with the reason before the export pauses, and\n"
-    "nothing is left at DEST.\n"};
+    "nothing is left at DEST.\n"
+    "A server loopdio did not start (a systemd instance, whose conf sets\n"
+    "control=/run/loopdio/NAME/control; nbdkit loopdio ... control=SOCKET) is named by its\n"
+    "control socket: loopdio snapshot --control SOCKET [--export NAME] DEST.\n"};
+
+// DEST made absolute lexically: a symbolic link as its last component is refused by the
+// server, not followed here.
+std::string absolute_dest(std::string dest, bool all) {
+  if (dest.empty()) throw UsageError(all ? "snapshot: DESTDIR is empty" : "snapshot: DEST is empty");
+  if (dest[0] != '/') dest = (std::filesystem::current_path() / dest).string();
+  return dest;
+}
+
+// Sends the request, prints one line per snapshot: DEST, size, who paused how long.
+void request_and_print(const std::string& control, Json exports,
+                       const std::function<std::string(const std::string&)>& shown) {
+  const std::string what = "control socket " + control;
+  // The drain waits for requests in flight, which a slow disk can hold for a while.
+  Json request{{"exports", std::move(exports)}};
+  Json reply = control_request(control, "snapshot " + dump_line(request), 120s);
+  if (!member<bool>(reply, "ok", what))
+    throw Error(shown("") + ": no snapshot: " +
+                opt_member<std::string>(reply, "error", what).value_or("refused"));
+  auto done = reply.find("exports");
+  if (done == reply.end() || !done->is_array())
+    throw Error(what + ": \"exports\" is missing or not an array");
+  for (const Json& x : *done) {
+    const double ms = member<double>(x, "paused_ms", what);
+    char paused[32];
+    std::snprintf(paused, sizeof paused, "%.1f ms", ms);
+    std::printf("%s: %s, %s paused %s\n", safe_encode(get_path(x, "dest")).c_str(),
+                human_size(member<std::uint64_t>(x, "bytes", what)).c_str(),
+                safe_encode(shown(get_path(x, "name"))).c_str(), paused);
+  }
+}
+
+// --control SOCKET: a server loopdio did not start, asked directly; what it serves (one
+// image, or a directory and its exports) from its own status.
+int snapshot_by_control(const po::variables_map& vm, bool all) {
+  std::string control = vm.at("control").as<std::string>();
+  if (control.empty()) throw UsageError("snapshot: --control names no socket");
+  if (control[0] != '/') control = (std::filesystem::current_path() / control).string();
+  if (vm.count("dest") || (all && vm.count("target")))
+    throw UsageError("snapshot: with --control, give only DEST (or --all DESTDIR)");
+  if (!all && !vm.count("target")) throw UsageError("snapshot: DEST is missing");
+  const std::string dest =
+      absolute_dest(all ? vm.at("all").as<std::string>() : vm.at("target").as<std::string>(), all);
+  const std::string export_name = vm.count("export") ? vm.at("export").as<std::string>() : "";
+  const std::string what = "control socket " + control;
+  Json status = control_call(control, "status", 10s);
+  const bool serves_dir = status.contains("dir");
+  if (serves_dir && export_name.empty() && !all)
+    throw UsageError("snapshot: " + control + " serves a directory: name one of its exports "
+                     "with --export NAME, or use --all");
+  if (!serves_dir && !export_name.empty())
+    throw UsageError("snapshot: " + control + " serves one image, which has no export name");
+  if (all && !export_name.empty())
+    throw UsageError("snapshot: --all takes every export; no --export");
+  Json exports = Json::array();
+  if (!all) {
+    Json e;
+    if (!export_name.empty()) put_path(e, "name", export_name);
+    put_path(e, "dest", dest);
+    exports.push_back(std::move(e));
+  } else if (!serves_dir) {
+    Json e;
+    put_path(e, "dest", dest + "/" + std::filesystem::path(get_path(status, "file")).filename().string());
+    exports.push_back(std::move(e));
+  } else {
+    auto list = status.find("exports");
+    if (list == status.end() || !list->is_array())
+      throw Error(what + ": \"exports\" is missing or not an array");
+    for (const Json& x : *list) {
+      if (x.value("stale", false)) continue;
+      const std::string name = get_path(x, "name");
+      Json e;
+      put_path(e, "name", name);
+      put_path(e, "dest", dest + "/" + name);
+      exports.push_back(std::move(e));
+    }
+    if (exports.empty()) throw Error(control + ": the directory has no export to snapshot");
+  }
+  request_and_print(control, std::move(exports), [&](const std::string& name) {
+    return name.empty() ? control : control + " (" + name + ")";
+  });
+  return kExitOk;
+}
 
 }  // namespace
 
@@ -43,7 +130,12 @@ int run_snapshot(const Args& args) {
   visible.add_options()
       ("all", po::value<std::string>()->value_name("DESTDIR"),
        "Every export of the server at one instant, each to DESTDIR/NAME (a single image: "
-       "DESTDIR/its file name).");
+       "DESTDIR/its file name).")
+      ("control", po::value<std::string>()->value_name("SOCKET"),
+       "The server's control socket, for a server loopdio did not start (a systemd "
+       "instance); then only DEST is given.")
+      ("export", po::value<std::string>()->value_name("NAME"),
+       "With --control: the export of a served directory.");
   po::options_description hidden;
   hidden.add_options()("target", po::value<std::string>())("dest", po::value<std::string>());
   po::positional_options_description pos;
@@ -51,17 +143,18 @@ int run_snapshot(const Args& args) {
   auto vm = parse_args(kHelp, args, visible, hidden, pos);
   if (!vm) return kExitOk;
   const bool all = vm->count("all") > 0;
+  if (vm->count("control")) return snapshot_by_control(*vm, all);
+  if (vm->count("export"))
+    throw UsageError("snapshot: --export goes with --control (otherwise name the export by its "
+                     "URI, as loopdio list shows it)");
   if (!vm->count("target") || (!all && !vm->count("dest")))
     throw UsageError("snapshot: expected an export (DEVICE, SOCKET or URI, as loopdio list "
                      "shows it) and DEST, or --all DESTDIR and a server");
   if (all && vm->count("dest"))
     throw UsageError("snapshot: --all takes DESTDIR, and no DEST");
   const std::string target = vm->at("target").as<std::string>();
-  std::string dest = all ? vm->at("all").as<std::string>() : vm->at("dest").as<std::string>();
-  if (dest.empty()) throw UsageError(all ? "snapshot: DESTDIR is empty" : "snapshot: DEST is empty");
-  // Made absolute lexically: a symbolic link as DEST's last component is refused by the
-  // server, not followed here.
-  if (dest[0] != '/') dest = (std::filesystem::current_path() / dest).string();
+  const std::string dest =
+      absolute_dest(all ? vm->at("all").as<std::string>() : vm->at("dest").as<std::string>(), all);
 
   StateDir dir;
   std::string export_name;
@@ -111,25 +204,9 @@ int run_snapshot(const Args& args) {
   }
 
   const std::string name = export_name.empty() ? s.display_name() : target;
-  // The drain waits for requests in flight, which a slow disk can hold for a while.
-  Json request{{"exports", std::move(exports)}};
-  Json reply = control_request(s.control, "snapshot " + dump_line(request), 120s);
-  if (!member<bool>(reply, "ok", what))
-    throw Error(name + ": no snapshot: " +
-                opt_member<std::string>(reply, "error", what).value_or("refused"));
-  auto done = reply.find("exports");
-  if (done == reply.end() || !done->is_array())
-    throw Error(what + ": \"exports\" is missing or not an array");
-  for (const Json& x : *done) {
-    const double ms = member<double>(x, "paused_ms", what);
-    char paused[32];
-    std::snprintf(paused, sizeof paused, "%.1f ms", ms);
-    const std::string exp_name = get_path(x, "name");
-    const std::string shown = all && serves_dir ? export_uri(s, exp_name) : name;
-    std::printf("%s: %s, %s paused %s\n", safe_encode(get_path(x, "dest")).c_str(),
-                human_size(member<std::uint64_t>(x, "bytes", what)).c_str(),
-                safe_encode(shown).c_str(), paused);
-  }
+  request_and_print(s.control, std::move(exports), [&](const std::string& exp_name) {
+    return all && serves_dir && !exp_name.empty() ? export_uri(s, exp_name) : name;
+  });
   return kExitOk;
 }
 

@@ -150,3 +150,23 @@ expect_error 2 "exists" "$LOOPDIO" snapshot --all "$mnt/all" "$sock"
 expect_error 1 "serves a directory: name one of its exports" "$LOOPDIO" snapshot "$sock" "$d/x.img"
 stop_serve
 pass "snapshots in a served directory are exports of their own, independent of their origin"
+
+# A server loopdio did not start (nbdkit with control=, as a systemd instance runs it):
+# named by its control socket.
+start_server -- dir="$d" control="$T/plain.ctl"
+"$LOOPDIO" snapshot --control "$T/plain.ctl" --export vm2.img "$mnt/plain-vm2.img" \
+  >"$T/plain.out" || fail "loopdio snapshot --control --export"
+cat "$T/plain.out"
+grep -qF "$mnt/plain-vm2.img: 8.0 MiB, $T/plain.ctl (vm2.img) paused " "$T/plain.out" ||
+  fail "--control: not the line expected"
+cmp "$d/vm2.img" "$mnt/plain-vm2.img" || fail "--control: the snapshot differs from vm2.img"
+mkdir "$mnt/plain-all"
+"$LOOPDIO" snapshot --control "$T/plain.ctl" --all "$mnt/plain-all" >"$T/plain-all.out" ||
+  fail "loopdio snapshot --control --all"
+[ "$(wc -l <"$T/plain-all.out")" -eq 4 ] || { cat "$T/plain-all.out"; fail "--control --all: not one line per export"; }
+expect_error 1 "serves a directory: name one of its exports with --export" \
+  "$LOOPDIO" snapshot --control "$T/plain.ctl" "$mnt/x.img"
+expect_error 1 "--export goes with --control" "$LOOPDIO" snapshot --export vm2.img "$sock" "$mnt/x.img"
+[ ! -e "$mnt/x.img" ] || fail "a refused snapshot left a file"
+stop_server
+pass "a server loopdio did not start: loopdio snapshot --control SOCKET [--export NAME | --all]"
