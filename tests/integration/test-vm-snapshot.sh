@@ -3,7 +3,9 @@
 # xfs (reflink) served by `loopdio serve`, attached with `nbd-client` as /dev/nbd0, ext4
 # mounted on it with the host's files synced and a writer still writing; `loopdio snapshot`
 # clones it. The snapshot mounts after ext4's journal replay, holds every synced file (their
-# checksums taken here) and passes e2fsck -fn; so does the live export afterwards.
+# checksums taken here) and passes e2fsck -fn; so does the live export afterwards. Then the
+# same with the image attached by `loopdio attach` and snapshotted by its device name
+# (`loopdio snapshot /dev/nbd0 DEST`).
 source "$(dirname "$0")/lib.sh"
 source "$TESTS_DIR/../vm/vm.sh"
 vm_setup
@@ -21,4 +23,4 @@ truncate -s 2G "$T/disk.raw"
 VM_DISKS=("$T/disk.raw:512")
 vm_run snapshot snapshot.sh DATA="$data" SUMS="$T/SHA256SUMS"
 vm_console | grep -E "^== .*(paused|snapshot|writer|kernel: )" | sed 's/^== \[[0-9.]*\] /  /'
-pass "a live snapshot under a mounted, writing ext4 on /dev/nbd0 mounts after journal replay and fsck's clean ($VM_SECONDS s)"
+pass "live snapshots under a mounted, writing ext4 on /dev/nbd0 (nbd-client, then loopdio attach) mount after journal replay and fsck clean ($VM_SECONDS s)"
