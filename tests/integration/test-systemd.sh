@@ -2,7 +2,8 @@
 # The systemd units as systemd would run them: `systemd-analyze verify` and `security` on the
 # instance loopdio@test (the service as the build made it), then the service's own ExecStart,
 # expanded from a conf made from the shipped example, socket-activated on a Unix socket and TCP,
-# serving a pattern (plain, then TLS) with the supported nbdkit the unit names.
+# serving a pattern (plain, then TLS) with the supported nbdkit the unit names; then an
+# instance on xfs with a control socket, snapshotted live by `loopdio snapshot --control`.
 source "$(dirname "$0")/lib.sh"
 require_root
 require systemd-analyze systemd-socket-activate nbdkit psktool cmp dpkg
@@ -155,3 +156,31 @@ EOF
 activate "$T/etc/$NAME.conf"
 serve tls "$T/etc/$NAME.psk"
 pass "socket-activated ExecStart with TLS: refused without TLS, pattern with the PSK"
+
+# A live snapshot of an instance: the image on xfs (reflink), the conf's control socket,
+# `loopdio snapshot --control` while the instance serves (as for /run/loopdio/NAME/control).
+xmnt=$(make_fs xfs 512M)
+ximg=$xmnt/$NAME.img
+truncate -s 16M "$ximg"
+cat >"$T/etc/$NAME.conf" <<EOF2
+IMAGE=$ximg
+PLUGIN=$PLUGIN
+PLUGIN_ARGS=control=$T/$NAME.control
+EOF2
+activate "$T/etc/$NAME.conf"
+$PYTHON - "$SOCK" "$T/written" <<'PY' || fail "snapshot: the client before it"
+import os, sys, nbd
+h = nbd.NBD()
+h.connect_unix(sys.argv[1])
+data = os.urandom((1 << 20) + 1536)
+h.pwrite(data, 4096 * 3 + 512)  # acknowledged before the snapshot: in it
+open(sys.argv[2], "wb").write(data)
+PY
+"$LOOPDIO_BUILD/loopdio" snapshot --control "$T/$NAME.control" "$xmnt/snap.img" ||
+  fail "loopdio snapshot --control $T/$NAME.control"
+cmp -n "$(stat -c %s "$T/written")" -i 0:$((4096 * 3 + 512)) "$T/written" "$xmnt/snap.img" ||
+  fail "the snapshot lacks a write acknowledged before it"
+cmp "$ximg" "$xmnt/snap.img" || fail "the idle instance's snapshot differs from its image"
+kill "$SD_PID"
+wait "$SD_PID" || fail "snapshot: nbdkit exited with $?"
+pass "loopdio snapshot --control of a socket-activated instance: every acknowledged write in it"
