@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "args.h"
 #include "cli.h"
@@ -23,7 +24,9 @@ namespace {
 using namespace std::chrono_literals;
 
 const CommandHelp kHelp = {
-    "snapshot", "DEVICE|SOCKET|URI DEST | --all DESTDIR SOCKET|URI | --control SOCKET [--export NAME] DEST",
+    "snapshot",
+    "DEVICE|SOCKET|URI DEST [URI DEST]... | --all DESTDIR SOCKET|URI | --control SOCKET "
+    "[--export NAME] DEST",
     "Clones a running export's image to the new file DEST, in the image's filesystem, with\n"
     "ioctl FICLONE (reflink: instant, and sharing the image's blocks until either changes).\n"
     "The export is named as `loopdio list` shows it (an export of a served directory by its\n"
@@ -38,7 +41,9 @@ const CommandHelp kHelp = {
     "nothing is left at DEST.\n"
     "A server loopdio did not start (a systemd instance, whose conf sets\n"
     "control=/run/loopdio/NAME/control; nbdkit loopdio ... control=SOCKET) is named by its\n"
-    "control socket: loopdio snapshot --control SOCKET [--export NAME] DEST.\n"};
+    "control socket: loopdio snapshot --control SOCKET [--export NAME] DEST.\n"
+    "Several exports of one served directory, named by their URIs, each with its DEST, are\n"
+    "drained together and cloned at one instant (a VM's disks); all or nothing.\n"};
 
 // DEST made absolute lexically: a symbolic link as its last component is refused by the
 // server, not followed here.
@@ -137,9 +142,10 @@ int run_snapshot(const Args& args) {
       ("export", po::value<std::string>()->value_name("NAME"),
        "With --control: the export of a served directory.");
   po::options_description hidden;
-  hidden.add_options()("target", po::value<std::string>())("dest", po::value<std::string>());
+  hidden.add_options()("target", po::value<std::string>())("dest", po::value<std::string>())(
+      "more", po::value<std::vector<std::string>>());
   po::positional_options_description pos;
-  pos.add("target", 1).add("dest", 1);
+  pos.add("target", 1).add("dest", 1).add("more", -1);
   auto vm = parse_args(kHelp, args, visible, hidden, pos);
   if (!vm) return kExitOk;
   const bool all = vm->count("all") > 0;
@@ -150,24 +156,53 @@ int run_snapshot(const Args& args) {
   if (!vm->count("target") || (!all && !vm->count("dest")))
     throw UsageError("snapshot: expected an export (DEVICE, SOCKET or URI, as loopdio list "
                      "shows it) and DEST, or --all DESTDIR and a server");
-  if (all && vm->count("dest"))
+  if (all && (vm->count("dest") || vm->count("more")))
     throw UsageError("snapshot: --all takes DESTDIR, and no DEST");
   const std::string target = vm->at("target").as<std::string>();
   const std::string dest =
       absolute_dest(all ? vm->at("all").as<std::string>() : vm->at("dest").as<std::string>(), all);
 
   StateDir dir;
-  std::string export_name;
-  ExportState s = [&] {
+  // The server and the export a TARGET names.
+  auto resolve = [&](const std::string& t, std::string& export_name) {
     StateLock lock(dir);
     for (const ExportState& live : dir.live())
-      if (auto name = export_in(live, target)) {
+      if (auto name = export_in(live, t)) {
         export_name = *name;
         return live;
       }
-    return dir.find(target);
-  }();
+    return dir.find(t);
+  };
+  std::string export_name;
+  ExportState s = resolve(target, export_name);
   const bool serves_dir = !s.requested.dir.empty();
+  if (vm->count("more")) {  // TARGET DEST TARGET DEST...: exports of one directory, together
+    const auto& more = vm->at("more").as<std::vector<std::string>>();
+    if (more.size() % 2 != 0)
+      throw UsageError("snapshot: " + more.back() + " has no DEST: give TARGET DEST pairs");
+    if (export_name.empty())
+      throw UsageError("snapshot: several exports at one instant must be of one served "
+                       "directory, each named by its URI (" + target + " is not)");
+    Json exports = Json::array();
+    std::vector<std::string> uris;
+    auto add = [&](const std::string& t, const std::string& d) {
+      std::string name;
+      ExportState other = resolve(t, name);
+      if (other.control != s.control || name.empty())
+        throw UsageError("snapshot: " + t + " is not an export of the directory " + target +
+                         " is in: exports of different servers cannot be paused at one instant");
+      Json e;
+      put_path(e, "name", name);
+      put_path(e, "dest", absolute_dest(d, false));
+      exports.push_back(std::move(e));
+    };
+    add(target, vm->at("dest").as<std::string>());
+    for (std::size_t i = 0; i < more.size(); i += 2) add(more[i], more[i + 1]);
+    request_and_print(s.control, std::move(exports), [&](const std::string& exp_name) {
+      return exp_name.empty() ? target : export_uri(s, exp_name);
+    });
+    return kExitOk;
+  }
   if (serves_dir && export_name.empty() && !all)
     throw UsageError("snapshot: " + target + " serves a directory: name one of its exports, as "
                      "loopdio list shows it (" + export_uri(s, "NAME") + "), or use --all");

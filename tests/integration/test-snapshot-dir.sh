@@ -148,6 +148,17 @@ done
 expect_error 1 "--all takes the server" "$LOOPDIO" snapshot --all "$mnt/all" "$(uri vm1.img)"
 expect_error 2 "exists" "$LOOPDIO" snapshot --all "$mnt/all" "$sock"
 expect_error 1 "serves a directory: name one of its exports" "$LOOPDIO" snapshot "$sock" "$d/x.img"
+# A VM's disks by their URIs, each with its DEST: one command, one instant.
+"$LOOPDIO" snapshot "$(uri vm1.img)" "$mnt/pair-vm1.img" "$(uri vm2.img)" "$mnt/pair-vm2.img" \
+  >"$T/pair.out" || fail "loopdio snapshot URI DEST URI DEST"
+cat "$T/pair.out"
+[ "$(wc -l <"$T/pair.out")" -eq 2 ] || fail "pairs: not one line per export"
+for n in vm1 vm2; do
+  grep -qF "$mnt/pair-$n.img: 8.0 MiB, $(uri $n.img) paused " "$T/pair.out" || fail "pairs: no line for $n"
+  cmp "$d/$n.img" "$mnt/pair-$n.img" || fail "pairs: $n differs"
+done
+expect_error 1 "has no DEST" "$LOOPDIO" snapshot "$(uri vm1.img)" "$mnt/x.img" "$(uri vm2.img)"
+[ ! -e "$mnt/x.img" ] || fail "a refused snapshot left a file"
 stop_serve
 pass "snapshots in a served directory are exports of their own, independent of their origin"
 
