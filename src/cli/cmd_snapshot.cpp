@@ -53,6 +53,31 @@ std::string absolute_dest(std::string dest, bool all) {
   return dest;
 }
 
+// One export of the request: its name (none with file=) and DEST.
+Json snapshot_entry(const std::string& name, const std::string& dest) {
+  Json e;
+  if (!name.empty()) put_path(e, "name", name);
+  put_path(e, "dest", dest);
+  return e;
+}
+
+// --all of a directory: every export it has now, as its `status` lists them (not the stale
+// ones, which no name leads to any more), each to DESTDIR/NAME.
+Json every_export(const Json& status, const std::string& destdir, const std::string& what,
+                  const std::string& server) {
+  auto list = status.find("exports");
+  if (list == status.end() || !list->is_array())
+    throw Error(what + ": \"exports\" is missing or not an array");
+  Json exports = Json::array();
+  for (const Json& x : *list) {
+    if (x.value("stale", false)) continue;
+    const std::string name = get_path(x, "name");
+    exports.push_back(snapshot_entry(name, destdir + "/" + name));
+  }
+  if (exports.empty()) throw Error(server + ": the directory has no export to snapshot");
+  return exports;
+}
+
 // Sends the request, prints one line per snapshot: DEST, size, who paused how long.
 void request_and_print(const std::string& control, Json exports,
                        const std::function<std::string(const std::string&)>& shown) {
@@ -100,27 +125,12 @@ int snapshot_by_control(const po::variables_map& vm, bool all) {
     throw UsageError("snapshot: --all takes every export; no --export");
   Json exports = Json::array();
   if (!all) {
-    Json e;
-    if (!export_name.empty()) put_path(e, "name", export_name);
-    put_path(e, "dest", dest);
-    exports.push_back(std::move(e));
+    exports.push_back(snapshot_entry(export_name, dest));
   } else if (!serves_dir) {
-    Json e;
-    put_path(e, "dest", dest + "/" + std::filesystem::path(get_path(status, "file")).filename().string());
-    exports.push_back(std::move(e));
+    const std::string file = get_path(status, "file");
+    exports.push_back(snapshot_entry("", dest + "/" + std::filesystem::path(file).filename().string()));
   } else {
-    auto list = status.find("exports");
-    if (list == status.end() || !list->is_array())
-      throw Error(what + ": \"exports\" is missing or not an array");
-    for (const Json& x : *list) {
-      if (x.value("stale", false)) continue;
-      const std::string name = get_path(x, "name");
-      Json e;
-      put_path(e, "name", name);
-      put_path(e, "dest", dest + "/" + name);
-      exports.push_back(std::move(e));
-    }
-    if (exports.empty()) throw Error(control + ": the directory has no export to snapshot");
+    exports = every_export(status, dest, what, control);
   }
   request_and_print(control, std::move(exports), [&](const std::string& name) {
     return name.empty() ? control : control + " (" + name + ")";
@@ -191,10 +201,7 @@ int run_snapshot(const Args& args) {
       if (other.control != s.control || name.empty())
         throw UsageError("snapshot: " + t + " is not an export of the directory " + target +
                          " is in: exports of different servers cannot be paused at one instant");
-      Json e;
-      put_path(e, "name", name);
-      put_path(e, "dest", absolute_dest(d, false));
-      exports.push_back(std::move(e));
+      exports.push_back(snapshot_entry(name, absolute_dest(d, false)));
     };
     add(target, vm->at("dest").as<std::string>());
     for (std::size_t i = 0; i < more.size(); i += 2) add(more[i], more[i + 1]);
@@ -212,30 +219,12 @@ int run_snapshot(const Args& args) {
 
   Json exports = Json::array();
   if (!all) {
-    Json e;
-    if (!export_name.empty()) e["name"] = export_name;
-    put_path(e, "dest", dest);
-    exports.push_back(std::move(e));
+    exports.push_back(snapshot_entry(export_name, dest));
   } else if (!serves_dir) {
-    Json e;
-    put_path(e, "dest", dest + "/" + std::filesystem::path(s.requested.file).filename().string());
-    exports.push_back(std::move(e));
+    const std::string file = s.requested.file;
+    exports.push_back(snapshot_entry("", dest + "/" + std::filesystem::path(file).filename().string()));
   } else {
-    // Every export the directory has now, as the server lists them (not the stale ones,
-    // which no name leads to any more).
-    Json status = control_call(s.control, "status", 10s);
-    auto list = status.find("exports");
-    if (list == status.end() || !list->is_array())
-      throw Error(what + ": \"exports\" is missing or not an array");
-    for (const Json& x : *list) {
-      if (x.value("stale", false)) continue;
-      const std::string name = get_path(x, "name");
-      Json e;
-      put_path(e, "name", name);
-      put_path(e, "dest", dest + "/" + name);
-      exports.push_back(std::move(e));
-    }
-    if (exports.empty()) throw Error(target + ": the directory has no export to snapshot");
+    exports = every_export(control_call(s.control, "status", 10s), dest, what, target);
   }
 
   const std::string name = export_name.empty() ? s.display_name() : target;

@@ -16,6 +16,19 @@ disk_mount() {
   mount "$1" "$2"
 }
 
+# serve_tcp IMAGE: `loopdio serve --port 10809 IMAGE` in the background, once it serves;
+# sets serve_pid.
+serve_tcp() {
+  "$LOOPDIO_CLI" serve --port 10809 "$1" >/tmp/serve.out 2>/tmp/serve.err &
+  serve_pid=$!
+  for _ in $(seq 100); do
+    grep -q '^serving ' /tmp/serve.out && break
+    kill -0 $serve_pid 2>/dev/null || { cat /tmp/serve.err; fail "loopdio serve exited"; }
+    sleep 0.1
+  done
+  step "$(cat /tmp/serve.out)"
+}
+
 NBD_DEV=/dev/nbd0
 LOOPDIO_CLI=$(dirname "$LOOPDIO_PLUGIN")/loopdio
 # The host test's nbdkit (/usr/local/sbin/nbdkit where Debian's is too old) comes first on

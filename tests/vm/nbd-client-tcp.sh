@@ -10,14 +10,7 @@ disk_mount /dev/vda /mnt/disk
 img=/mnt/disk/loopdio.img
 truncate -s 512M "$img"
 
-"$LOOPDIO_CLI" serve --port 10809 "$img" >/tmp/serve.out 2>/tmp/serve.err &
-serve_pid=$!
-for _ in $(seq 100); do
-  grep -q '^serving ' /tmp/serve.out && break
-  kill -0 $serve_pid 2>/dev/null || { cat /tmp/serve.err; fail "loopdio serve exited"; }
-  sleep 0.1
-done
-step "$(cat /tmp/serve.out)"
+serve_tcp "$img"
 desc=$(nbdinfo nbd://localhost | sed -n 's/^\s*description: //p')
 step "export description: $desc"
 case $desc in

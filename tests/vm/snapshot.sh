@@ -18,14 +18,7 @@ xfs_info /mnt/disk | grep -q 'reflink=1' || fail "mkfs.xfs made no reflink=1 fil
 img=/mnt/disk/loopdio.img
 truncate -s 512M "$img"
 
-"$LOOPDIO_CLI" serve --port 10809 "$img" >/tmp/serve.out 2>/tmp/serve.err &
-serve_pid=$!
-for _ in $(seq 100); do
-  grep -q '^serving ' /tmp/serve.out && break
-  kill -0 $serve_pid 2>/dev/null || { cat /tmp/serve.err; fail "loopdio serve exited"; }
-  sleep 0.1
-done
-step "$(cat /tmp/serve.out)"
+serve_tcp "$img"
 uri=$("$LOOPDIO_CLI" list --json | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["uri"])')
 
 nbd-client localhost /dev/nbd0 || fail "nbd-client localhost /dev/nbd0"
