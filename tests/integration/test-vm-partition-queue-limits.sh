@@ -11,8 +11,8 @@
 # refused every fast zero with ENOTSUP (it still advertised can_fast_zero), while /dev/vda
 # had both. The probe now walks from a partition to its disk's queue, as it already did for
 # logical_block_size. The plugin of commit 674c75e fails here on /dev/vda1 (can_trim: false,
-# fast zero: Operation not supported) and does both on /dev/vda, given VM_MEMORY=256M (in
-# 128 MiB its per-thread bounce buffers get it killed by the OOM killer there first).
+# fast zero: Operation not supported) and does both on /dev/vda (in a guest of 128 MiB its
+# per-thread bounce buffers got it killed by the OOM killer there first).
 source "$(dirname "$0")/lib.sh"
 source "$TESTS_DIR/../vm/vm.sh"
 vm_setup

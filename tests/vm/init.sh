@@ -14,6 +14,8 @@ finish() {
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+# For a scenario that runs short of memory: what it started with.
+echo "== memory: $(grep -E 'MemTotal|MemAvailable' /proc/meminfo | tr -s ' ' | tr '\n' ' ')"
 for m in $(cat /etc/modules.order); do
   insmod "/lib/modules/$m" || finish "FAIL insmod $m"
 done
@@ -32,7 +34,7 @@ mount -t tmpfs -o mode=1777 tmpfs /newroot/dev/shm
 # /tmp stays the overlay's (writable, and showing the host's): the source tree and the build
 # may live under the host's /tmp, and the guest runs its scenario and the plugin from there.
 mount -t tmpfs -o mode=755 tmpfs /newroot/run
-# Thread stacks and AIO rings reserve more than 128 MiB would allow under the heuristic.
+# Thread stacks and AIO rings reserve more than the guest's memory would allow under the heuristic.
 sysctl -q -w vm.overcommit_memory=1
 
 # A scenario stuck on a dead device still ends in a report, and the host gets the console.

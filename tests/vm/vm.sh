@@ -3,7 +3,9 @@
 # guest scenario script run on the host's root, read-only over 9p, and raw disks of the test.
 VM_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 VM_CACHE=${LOOPDIO_VM_CACHE:-/var/cache/loopdio-vm}
-VM_MEMORY=${VM_MEMORY:-128M}
+# 256 MiB: with the modules of every scenario (xfs among them) 128 MiB left the guest so
+# little that its OOM killer took nbdkit at 14 MiB resident.
+VM_MEMORY=${VM_MEMORY:-256M}
 VM_TIMEOUT=${VM_TIMEOUT:-180}  # the host kills qemu then; the guest gives up 20 s earlier
 # In load order after dependencies; ext4 needs crc32c through the crypto API (a soft
 # dependency, absent from modules.dep).
