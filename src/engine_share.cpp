@@ -1,6 +1,8 @@
 // The export's shared engine; see engine_share.h.
 #include "loopdio/engine_share.h"
 
+#include <string>
+#include <string_view>
 #include <utility>
 
 #include "loopdio/error.h"
@@ -18,6 +20,12 @@ std::shared_ptr<Engine> EngineShare::acquire() {
 
 std::shared_ptr<Engine> EngineShare::make() {
   if (kind_ == EngineKind::kSync) return make_sync_engine();
+  std::shared_ptr<Engine> e = make_aio();
+  if (!single_ops_sync_ || std::string_view(e->name()) == "sync") return e;
+  return make_split_engine(std::move(e));
+}
+
+std::shared_ptr<Engine> EngineShare::make_aio() {
   if (kind_ == EngineKind::kIoUring) {
     try {
       return make_uring_engine(kRingDepth, fd_);

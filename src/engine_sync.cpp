@@ -1,11 +1,14 @@
 // The sync engine: the baseline every AIO engine is compared with, and the fallback when the
 // kernel refuses an AIO context. Each op is one pread/pwritev2 from the calling thread.
+// Also the split engine, which runs a request of one op that way and hands batches to AIO.
 #include <fcntl.h>
 #include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <string>
+#include <utility>
 
 #include "loopdio/engine.h"
 
@@ -57,5 +60,48 @@ int Engine::block_range(int fd, unsigned long request, std::uint64_t off,
 }
 
 std::unique_ptr<Engine> make_sync_engine() { return std::make_unique<SyncEngine>(); }
+
+namespace {
+
+// nbdkit's worker thread waits for its request whatever the engine, so one transfer gains
+// nothing from AIO: a blocking pread costs one system call and one wake-up, where AIO adds
+// the submission, the wait for the completion and its hand-off. Only a batch, whose
+// transfers can be in flight together, is worth an AIO engine.
+class SplitEngine final : public Engine {
+ public:
+  explicit SplitEngine(std::shared_ptr<Engine> batches)
+      : batches_(std::move(batches)), name_(std::string("sync+") + batches_->name()) {}
+
+  void run(std::span<IoOp> ops) noexcept override {
+    if (ops.size() == 1)
+      single_.run(ops);
+    else
+      batches_->run(ops);
+  }
+  const char* name() const noexcept override { return name_.c_str(); }
+
+  int datasync(int fd) noexcept override { return batches_->datasync(fd); }
+  int truncate(int fd, std::uint64_t size) noexcept override {
+    return batches_->truncate(fd, size);
+  }
+  int fallocate(int fd, int mode, std::uint64_t off, std::uint64_t len) noexcept override {
+    return batches_->fallocate(fd, mode, off, len);
+  }
+  int block_range(int fd, unsigned long request, std::uint64_t off,
+                  std::uint64_t len) noexcept override {
+    return batches_->block_range(fd, request, off, len);
+  }
+
+ private:
+  SyncEngine single_;
+  std::shared_ptr<Engine> batches_;
+  std::string name_;
+};
+
+}  // namespace
+
+std::unique_ptr<Engine> make_split_engine(std::shared_ptr<Engine> batches) {
+  return std::make_unique<SplitEngine>(std::move(batches));
+}
 
 }  // namespace loopdio

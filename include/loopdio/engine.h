@@ -46,6 +46,11 @@ class Engine {
 // pread/pwritev2 in the calling thread, one op after another.
 std::unique_ptr<Engine> make_sync_engine();
 
+// Runs a request of one op as the sync engine does, in the calling thread, and hands a
+// request of several ops to `batches`, so they are in flight together. Its name is
+// "sync+" and the batch engine's. The whole-file operations are the batch engine's.
+std::unique_ptr<Engine> make_split_engine(std::shared_ptr<Engine> batches);
+
 // A kernel AIO context of `depth` slots. Throws loopdio::Error (with the errno of io_setup)
 // when the kernel refuses one, typically EAGAIN once fs.aio-max-nr is used up.
 std::unique_ptr<Engine> make_libaio_engine(unsigned depth);

@@ -44,20 +44,24 @@ class EngineShare {
   static constexpr unsigned kAioDepthLow = 16;  // asked for when the host or budget is short
   static constexpr unsigned kRingDepth = 128;   // entries of each worker thread's io_uring
 
-  EngineShare(EngineKind kind, int fd, AioBudget& budget)
-      : kind_(kind), fd_(fd), budget_(budget) {}
+  // single_ops_sync: requests of one op run in the calling thread, and only batches use the
+  // AIO engine (make_split_engine).
+  EngineShare(EngineKind kind, int fd, AioBudget& budget, bool single_ops_sync = false)
+      : kind_(kind), fd_(fd), budget_(budget), single_ops_sync_(single_ops_sync) {}
 
   // The engine for a connection that opens now. Never null; throws only std::bad_alloc.
   std::shared_ptr<Engine> acquire();
 
  private:
   std::shared_ptr<Engine> make();
+  std::shared_ptr<Engine> make_aio();
 
   std::shared_ptr<Engine> make_libaio(unsigned depth);
 
   const EngineKind kind_;
   const int fd_;
   AioBudget& budget_;
+  const bool single_ops_sync_;
   std::mutex mu_;                 // protects what follows
   std::weak_ptr<Engine> shared_;  // alive while a connection holds it
   bool uring_refusal_told_ = false;  // each fallback is told once, not at every connection

@@ -1,6 +1,7 @@
 // Every real engine against a real file opened with O_DIRECT: a pattern written by many
 // threads sharing one engine (one AIO context) reads back intact, batches of several
-// transfers complete together, and kernel errors come back as -errno per op.
+// transfers complete together, and kernel errors come back as -errno per op. Also the split
+// engine (lone ops in the calling thread, batches to AIO) and the export's engine share.
 #include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -9,11 +10,15 @@
 
 #include <chrono>
 #include <cstring>
+#include <memory>
 #include <random>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "loopdio/aligned_buffer.h"
 #include "loopdio/engine.h"
+#include "loopdio/engine_share.h"
 #include "loopdio/error.h"
 #include "loopdio/unique_fd.h"
 #include "skip.h"
@@ -36,8 +41,9 @@ class Engines : public ::testing::TestWithParam<const char*> {
     if (!fd_) LOOPDIO_SKIP_OUTSIDE_CI("O_DIRECT refused here: " << std::strerror(errno));
     std::string e = GetParam();
     try {
-      engine_ = e == "sync" ? make_sync_engine()
+      engine_ = e == "sync"     ? make_sync_engine()
                 : e == "libaio" ? make_libaio_engine(32)
+                : e == "split"  ? make_split_engine(make_libaio_engine(32))
                                 : make_uring_engine(32, fd_.get());
     } catch (const Error& ex) {
       std::string lacks = e == "io_uring" ? test::kernel_lacks_io_uring(ex.code()) : "";
@@ -50,6 +56,24 @@ class Engines : public ::testing::TestWithParam<const char*> {
   std::string path_;
   UniqueFd fd_;
   std::unique_ptr<Engine> engine_;
+};
+
+// A 1 MiB file of 'L's opened with O_DIRECT, for the split engine and the engine share.
+class SplitEngineFile : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    path_ = "split-engine-" + std::to_string(::getpid()) + ".img";
+    UniqueFd w(::open(path_.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    ASSERT_TRUE(w);
+    std::string data(1 << 20, 'L');
+    ASSERT_EQ(::write(w.get(), data.data(), data.size()), static_cast<ssize_t>(data.size()));
+    fd_.reset(::open(path_.c_str(), O_RDWR | O_DIRECT | O_CLOEXEC));
+    if (!fd_) LOOPDIO_SKIP_OUTSIDE_CI("O_DIRECT refused here: " << std::strerror(errno));
+  }
+  void TearDown() override { ::unlink(path_.c_str()); }
+
+  std::string path_;
+  UniqueFd fd_;
 };
 
 char byte_at(std::uint64_t off, unsigned gen) { return static_cast<char>((off * 131 + gen) >> 3); }
@@ -118,7 +142,41 @@ TEST_P(Engines, ShortReadAtEndOfFile) {
   EXPECT_EQ(op.result, 4096 + 100);
 }
 
-INSTANTIATE_TEST_SUITE_P(All, Engines, ::testing::Values("sync", "libaio", "io_uring"));
+INSTANTIATE_TEST_SUITE_P(All, Engines, ::testing::Values("sync", "libaio", "io_uring", "split"));
+
+namespace {
+
+// A batch engine that only records what reaches it; every op "moves" its whole length.
+class RecordingEngine final : public Engine {
+ public:
+  void run(std::span<IoOp> ops) noexcept override {
+    batches.push_back(ops.size());
+    for (IoOp& op : ops) op.result = static_cast<std::int64_t>(op.len);
+  }
+  const char* name() const noexcept override { return "recording"; }
+  std::vector<std::size_t> batches;
+};
+
+}  // namespace
+
+// The split engine runs a lone op itself, from the file, and hands only batches on.
+TEST_F(SplitEngineFile, ALoneOpIsReadInTheCallingThreadAndOnlyBatchesReachTheBatchEngine) {
+  auto recording = std::make_shared<RecordingEngine>();
+  std::unique_ptr<Engine> split = make_split_engine(recording);
+  EXPECT_STREQ(split->name(), "sync+recording");
+  AlignedBuffer buf(4096, 3 * 4096);
+  std::memset(buf.data(), 0x5a, 3 * 4096);
+  IoOp one{IoKind::kRead, false, fd_.get(), buf.data(), 4096, 0, 0};
+  split->run({&one, 1});
+  EXPECT_EQ(one.result, 4096);
+  EXPECT_EQ(buf.data()[0], 'L') << "the lone op did not read the file";
+  EXPECT_TRUE(recording->batches.empty()) << "a lone op reached the batch engine";
+  IoOp two[2] = {{IoKind::kRead, false, fd_.get(), buf.data() + 4096, 4096, 0, 0},
+                 {IoKind::kRead, false, fd_.get(), buf.data() + 8192, 4096, 4096, 0}};
+  split->run(two);
+  EXPECT_EQ(recording->batches, std::vector<std::size_t>{2});
+  EXPECT_EQ(buf.data()[4096], 0x5a) << "the batch was read by the split engine itself";
+}
 
 // A request with no descriptor free. UndefinedBehaviorSanitizer checks a virtual call's
 // object through a pipe, which it cannot make then: the check is left out of this call.
@@ -194,4 +252,31 @@ TEST_P(Engines, ARingAtAFinishedThreadsAddressIsOrderedAfterIt) {
   a.join();
   EXPECT_EQ(first, 4096);
   EXPECT_EQ(second, 4096);
+}
+
+// An export's connections share one engine. With single ops sync it is the split engine
+// around the export's AIO context, still charged to the budget until the last connection
+// lets go; a sync engine (asked for, or a fallback) is never wrapped.
+TEST_F(SplitEngineFile, TheShareWrapsItsAioEngineForSingleOpsAndKeepsItCharged) {
+  AioBudget budget(4096);
+  EngineShare split(EngineKind::kLibaio, fd_.get(), budget, true);
+  std::shared_ptr<Engine> a = split.acquire(), b = split.acquire();
+  EXPECT_STREQ(a->name(), "sync+libaio");
+  EXPECT_EQ(a, b) << "the export's connections got engines of their own";
+  EXPECT_EQ(budget.used(), EngineShare::kAioDepth);
+  AlignedBuffer buf(4096, 2 * 4096);
+  IoOp ops[2] = {{IoKind::kRead, false, fd_.get(), buf.data(), 4096, 0, 0},
+                 {IoKind::kRead, false, fd_.get(), buf.data() + 4096, 4096, 8192, 0}};
+  a->run(ops);
+  EXPECT_EQ(ops[0].result, 4096);
+  EXPECT_EQ(ops[1].result, 4096);
+  a.reset();
+  EXPECT_EQ(budget.used(), EngineShare::kAioDepth) << "freed while a connection holds it";
+  b.reset();
+  EXPECT_EQ(budget.used(), 0u);
+
+  EXPECT_STREQ(EngineShare(EngineKind::kLibaio, fd_.get(), budget).acquire()->name(), "libaio");
+  EXPECT_STREQ(EngineShare(EngineKind::kSync, fd_.get(), budget, true).acquire()->name(), "sync");
+  AioBudget spent(0);
+  EXPECT_STREQ(EngineShare(EngineKind::kLibaio, fd_.get(), spent, true).acquire()->name(), "sync");
 }
