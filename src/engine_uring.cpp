@@ -135,7 +135,11 @@ class UringEngine final : public Engine {
     int transient = 0;
     while (b.done < b.ops.size()) {
       queue(ring, b);
-      unsigned wait = b.queued + b.inflight > 0 ? 1 : 0;
+      // Waits for every transfer outstanding, not the first: the request returns only when
+      // all are done, and with DEFER_TASKRUN the kernel then wakes the thread once for the
+      // batch instead of once per completion. A submission the kernel takes only part of
+      // returns without waiting (io_uring_enter), so this never waits for what it lacks.
+      auto wait = static_cast<unsigned>(b.queued + b.inflight);
       int r = hooks_.submit_and_wait(ring.get(), wait);
       if (r >= 0) {
         auto taken = std::min<std::size_t>(static_cast<std::size_t>(r), b.queued);

@@ -1,7 +1,8 @@
 // Every real engine against a real file opened with O_DIRECT: a pattern written by many
 // threads sharing one engine (one AIO context) reads back intact, batches of several
 // transfers complete together, and kernel errors come back as -errno per op. Also the split
-// engine (lone ops in the calling thread, batches to AIO) and the export's engine share.
+// engine (lone ops in the calling thread, batches to AIO), the export's engine share, and
+// io_uring waiting for a whole batch at once.
 #include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -19,6 +20,7 @@
 #include "loopdio/aligned_buffer.h"
 #include "loopdio/engine.h"
 #include "loopdio/engine_share.h"
+#include "loopdio/engine_uring_hooks.h"
 #include "loopdio/error.h"
 #include "loopdio/unique_fd.h"
 #include "skip.h"
@@ -58,8 +60,8 @@ class Engines : public ::testing::TestWithParam<const char*> {
   std::unique_ptr<Engine> engine_;
 };
 
-// A 1 MiB file of 'L's opened with O_DIRECT, for the split engine and the engine share.
-class SplitEngineFile : public ::testing::Test {
+// A 1 MiB file of 'L's opened with O_DIRECT.
+class DirectFile : public ::testing::Test {
  protected:
   void SetUp() override {
     path_ = "split-engine-" + std::to_string(::getpid()) + ".img";
@@ -160,7 +162,7 @@ class RecordingEngine final : public Engine {
 }  // namespace
 
 // The split engine runs a lone op itself, from the file, and hands only batches on.
-TEST_F(SplitEngineFile, ALoneOpIsReadInTheCallingThreadAndOnlyBatchesReachTheBatchEngine) {
+TEST_F(DirectFile, ALoneOpIsReadInTheCallingThreadAndOnlyBatchesReachTheBatchEngine) {
   auto recording = std::make_shared<RecordingEngine>();
   std::unique_ptr<Engine> split = make_split_engine(recording);
   EXPECT_STREQ(split->name(), "sync+recording");
@@ -257,7 +259,7 @@ TEST_P(Engines, ARingAtAFinishedThreadsAddressIsOrderedAfterIt) {
 // An export's connections share one engine. With single ops sync it is the split engine
 // around the export's AIO context, still charged to the budget until the last connection
 // lets go; a sync engine (asked for, or a fallback) is never wrapped.
-TEST_F(SplitEngineFile, TheShareWrapsItsAioEngineForSingleOpsAndKeepsItCharged) {
+TEST_F(DirectFile, TheShareWrapsItsAioEngineForSingleOpsAndKeepsItCharged) {
   AioBudget budget(4096);
   EngineShare split(EngineKind::kLibaio, fd_.get(), budget, true);
   std::shared_ptr<Engine> a = split.acquire(), b = split.acquire();
@@ -279,4 +281,35 @@ TEST_F(SplitEngineFile, TheShareWrapsItsAioEngineForSingleOpsAndKeepsItCharged) 
   EXPECT_STREQ(EngineShare(EngineKind::kSync, fd_.get(), budget, true).acquire()->name(), "sync");
   AioBudget spent(0);
   EXPECT_STREQ(EngineShare(EngineKind::kLibaio, fd_.get(), spent, true).acquire()->name(), "sync");
+}
+
+// A batch on io_uring is one wait for all of its transfers: the thread wakes once for the
+// request, not once per completion. Each io_uring_enter asks for every transfer
+// outstanding; a first call asking for one (the old wait) fails this.
+TEST_F(DirectFile, AnIoUringBatchIsWaitedForInOneGo) {
+  auto asked = std::make_shared<std::vector<unsigned>>();
+  UringHooks hooks = UringHooks::real();
+  auto real = hooks.submit_and_wait;
+  hooks.submit_and_wait = [asked, real](struct io_uring* ring, unsigned n) {
+    asked->push_back(n);
+    return real(ring, n);
+  };
+  std::unique_ptr<Engine> engine;
+  try {
+    engine = make_uring_engine(8, fd_.get(), std::move(hooks));
+  } catch (const Error& e) {
+    std::string lacks = test::kernel_lacks_io_uring(e.code());
+    if (!lacks.empty()) GTEST_SKIP() << "kernel lacks: " << lacks;
+    FAIL() << "the kernel refuses io_uring: " << e.what();
+  }
+  AlignedBuffer buf(4096, 4 * 4096);
+  IoOp ops[4];
+  for (int i = 0; i < 4; ++i)
+    ops[i] = {IoKind::kRead, false, fd_.get(), buf.data() + i * 4096, 4096,
+              static_cast<std::uint64_t>(i) * 65536, 0};
+  // On a thread of its own: a ring is the thread's, and one left on the main thread would
+  // be inherited by the children that later tests fork, where it is not theirs to use.
+  std::thread([&] { engine->run(ops); }).join();
+  for (const IoOp& op : ops) EXPECT_EQ(op.result, 4096);
+  EXPECT_EQ(*asked, std::vector<unsigned>{4}) << "the batch was not waited for in one call";
 }
