@@ -10,7 +10,8 @@ from fio import WORKLOADS
 from targets import BLOCKING, DEFAULT
 
 PEERS = ("file", "qemu")                     # families the ratio "vs best peer" looks at
-ENGINES = (DEFAULT, "loopdio-sync", "loopdio-libaio", "loopdio-io_uring")
+ENGINES = (DEFAULT, "loopdio-sync", "loopdio-libaio", "loopdio-io_uring", "loopdio-sync+libaio",
+           "loopdio-sync+io_uring")
 NO_SERVER = ("loop", "raw")                  # rows whose cost columns are the fio process's
 METRICS = ("iops", "mibs", "p99_us", "mean_us", "cpu_per_gib", "csw_per_io", "vcsw_per_io",
            "cache_pct")

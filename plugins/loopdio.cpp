@@ -414,7 +414,8 @@ void loopdio_dump_plugin() {
   std::printf("loopdio_version=%s\n", kVersion);
   std::printf("loopdio_nbdkit_version=%s\n", kNbdkitVersion);
   std::printf("loopdio_nbdkit_origin=%s\n", kNbdkitOrigin);
-  std::printf("loopdio_engines=libaio,%ssync\n", kHaveUring ? "io_uring," : "");
+  std::printf("loopdio_engines=libaio,%ssync,sync+libaio%s\n", kHaveUring ? "io_uring," : "",
+              kHaveUring ? ",sync+io_uring" : "");
 }
 
 const char kHelp[] =
@@ -423,8 +424,9 @@ const char kHelp[] =
     "default-export=NAME  With dir=: what a client asking for no name gets.\n"
     "directio=auto|1|0    O_DIRECT: auto (default) when the backing allows it; 1 demands it;\n"
     "                     0 serves buffered through the same code path.\n"
-    "aio=libaio|io_uring|sync\n"
-    "                     The I/O engine (default libaio). sync = pread/pwrite.\n"
+    "aio=libaio|io_uring|sync|sync+libaio|sync+io_uring\n"
+    "                     The I/O engine (default libaio). sync = pread/pwrite; sync+X:\n"
+    "                     pread/pwrite for a request of one transfer, X for several.\n"
     "offset=SIZE          Serve from this byte of the backing (losetup -o). k/M/G/T suffixes.\n"
     "sizelimit=SIZE       Serve at most this many bytes (losetup --sizelimit).\n"
     "sector-size=N        512, 1024, 2048 or 4096: the advertised minimum block size\n"

@@ -26,7 +26,7 @@ std::shared_ptr<Engine> EngineShare::make() {
 }
 
 std::shared_ptr<Engine> EngineShare::make_aio() {
-  if (kind_ == EngineKind::kIoUring) {
+  if (kind_ == EngineKind::kIoUring || kind_ == EngineKind::kSyncIoUring) {
     try {
       return make_uring_engine(kRingDepth, fd_);
     } catch (const Error& e) {

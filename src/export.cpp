@@ -9,7 +9,9 @@
 namespace loopdio {
 namespace {
 
-const char* const kEngineNames[3] = {"libaio", "io_uring", "sync"};
+// The names engines give themselves (Engine::name), in Export::by_engine_'s order.
+const char* const kEngineNames[Export::kEngineKinds] = {"libaio", "io_uring", "sync",
+                                                        "sync+libaio", "sync+io_uring"};
 
 SpaceSupport space_support(const ProbeResult& p) {
   SpaceSupport sup;
@@ -52,7 +54,7 @@ std::unique_ptr<Export> Export::open(const Options& o, ServerShared& shared,
 }
 
 int Export::engine_index(const Engine& e) {
-  for (int i = 0; i < 3; ++i)
+  for (int i = 0; i < kEngineKinds; ++i)
     if (std::strcmp(e.name(), kEngineNames[i]) == 0) return i;
   return 2;
 }
@@ -110,9 +112,9 @@ void Export::note_readonly_client() {
 
 std::string Export::engines_in_use() const {
   std::string in_use;
-  for (int i = 0; i < 3; ++i)
+  for (int i = 0; i < kEngineKinds; ++i)
     if (by_engine_[i].load()) {
-      if (!in_use.empty()) in_use += '+';
+      if (!in_use.empty()) in_use += " and ";
       in_use += kEngineNames[i];
     }
   return in_use.empty() ? to_string(options().engine) : in_use;
@@ -136,7 +138,7 @@ void Export::status(Json& j) {
   j["aio"] = to_string(o.engine);
   j["aio_in_use"] = engines_in_use();
   Json engines = Json::object();
-  for (int i = 0; i < 3; ++i) engines[kEngineNames[i]] = by_engine_[i].load();
+  for (int i = 0; i < kEngineKinds; ++i) engines[kEngineNames[i]] = by_engine_[i].load();
   j["engines"] = engines;
   j["log_sec"] = b.min_block();
   j["alignment"] = b.probe().dio_supported ? b.probe().align.offset : 0;

@@ -41,7 +41,9 @@ EngineKind parse_engine(std::string_view key, std::string_view value) {
   if (v == "libaio" || v == "native") return EngineKind::kLibaio;
   if (v == "io_uring" || v == "uring" || v == "io-uring") return EngineKind::kIoUring;
   if (v == "sync" || v == "threads") return EngineKind::kSync;
-  bad(key, value, "expected libaio, io_uring or sync");
+  if (v == "sync+libaio") return EngineKind::kSyncLibaio;
+  if (v == "sync+io_uring") return EngineKind::kSyncIoUring;
+  bad(key, value, "expected libaio, io_uring, sync, sync+libaio or sync+io_uring");
 }
 
 }  // namespace
@@ -60,6 +62,8 @@ const char* to_string(EngineKind e) {
     case EngineKind::kLibaio: return "libaio";
     case EngineKind::kIoUring: return "io_uring";
     case EngineKind::kSync: return "sync";
+    case EngineKind::kSyncLibaio: return "sync+libaio";
+    case EngineKind::kSyncIoUring: return "sync+io_uring";
   }
   return "?";
 }

@@ -44,10 +44,11 @@ class EngineShare {
   static constexpr unsigned kAioDepthLow = 16;  // asked for when the host or budget is short
   static constexpr unsigned kRingDepth = 128;   // entries of each worker thread's io_uring
 
-  // single_ops_sync: requests of one op run in the calling thread, and only batches use the
-  // AIO engine (make_split_engine).
-  EngineShare(EngineKind kind, int fd, AioBudget& budget, bool single_ops_sync = false)
-      : kind_(kind), fd_(fd), budget_(budget), single_ops_sync_(single_ops_sync) {}
+  // kSyncLibaio and kSyncIoUring wrap the AIO engine in make_split_engine: requests of one
+  // op run in the calling thread, and only batches use the AIO engine.
+  EngineShare(EngineKind kind, int fd, AioBudget& budget)
+      : kind_(kind), fd_(fd), budget_(budget),
+        single_ops_sync_(kind == EngineKind::kSyncLibaio || kind == EngineKind::kSyncIoUring) {}
 
   // The engine for a connection that opens now. Never null; throws only std::bad_alloc.
   std::shared_ptr<Engine> acquire();

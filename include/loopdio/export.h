@@ -32,6 +32,8 @@ struct ServerShared {
 
 class Export {
  public:
+  static constexpr int kEngineKinds = 5;  // libaio, io_uring, sync, sync+libaio, sync+io_uring
+
   // Opens and probes o.file (or `name` in the directory `dirfd`, following no symbolic
   // link) and says what it decided (notices). Bounce buffers, AIO contexts and throttle
   // groups come from `shared`, the server's; o.limits are its limits; `stats` outlive the export (they count for the server's life). Throws
@@ -105,7 +107,7 @@ class Export {
   std::atomic<bool> grouped_{false};               // group_ is set: look it up
   mutable std::mutex limits_mu_;                   // one change of limits at a time
   std::atomic<unsigned> connections_{0};
-  std::atomic<int> by_engine_[3] = {};
+  std::atomic<int> by_engine_[kEngineKinds] = {};  // connections by engine name
   std::atomic<bool> readonly_client_{false};
 };
 

@@ -13,7 +13,9 @@
 namespace loopdio {
 
 enum class DirectIo { kAuto, kOn, kOff };
-enum class EngineKind { kLibaio, kIoUring, kSync };
+// kSyncLibaio, kSyncIoUring: a request of one transfer runs as kSync does, in the calling
+// thread; only a request of several transfers goes to the AIO engine (make_split_engine).
+enum class EngineKind { kLibaio, kIoUring, kSync, kSyncLibaio, kSyncIoUring };
 
 const char* to_string(DirectIo d);
 const char* to_string(EngineKind e);

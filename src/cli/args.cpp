@@ -40,7 +40,7 @@ po::options_description plugin_options() {
       ("direct-io", po::value<std::string>()->value_name("on|off|auto"),
        "O_DIRECT on the image: on demands it (refused when the backing cannot), off serves "
        "buffered, auto (default) uses it when the backing allows.")
-      ("aio", po::value<std::string>()->value_name("libaio|io_uring|sync"),
+      ("aio", po::value<std::string>()->value_name("libaio|io_uring|sync|sync+libaio|sync+io_uring"),
        "The I/O engine (default libaio).")
       ("offset,o", po::value<std::string>()->value_name("SIZE"),
        "Serve from this byte of the image (losetup -o). Suffixes k, M, G, T.")

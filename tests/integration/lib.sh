@@ -10,7 +10,7 @@ shopt -s inherit_errexit
 PLUGIN=$LOOPDIO_PLUGIN
 TESTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export PYTHONPATH="$TESTS_DIR${PYTHONPATH:+:$PYTHONPATH}"
-ENGINES=${LOOPDIO_ENGINES:-libaio io_uring sync}
+ENGINES=${LOOPDIO_ENGINES:-libaio io_uring sync sync+libaio}
 
 PYTHON=/usr/bin/python3  # Debian's, which has the libnbd bindings
 export PYTHONDONTWRITEBYTECODE=1  # no __pycache__ left in the source tree

@@ -42,7 +42,7 @@ expect_refusal "Permission denied" setpriv --reuid=65534 --regid=65534 --clear-g
 expect_refusal 'unknown parameter "bogus"' -- file="$img" bogus=1
 expect_refusal "directio=maybe: expected auto, 1 (on) or 0 (off)" -- file="$img" directio=maybe
 expect_refusal "directio=: expected" -- file="$img" directio=
-expect_refusal "aio=posix: expected libaio, io_uring or sync" -- file="$img" aio=posix
+expect_refusal "aio=posix: expected libaio, io_uring, sync, sync+libaio or sync+io_uring" -- file="$img" aio=posix
 expect_refusal "offset=-1: not a size" -- file="$img" offset=-1
 expect_refusal "offset=abc: not a size" -- file="$img" offset=abc
 expect_refusal "offset=: empty value" -- file="$img" offset=

@@ -261,7 +261,7 @@ TEST_P(Engines, ARingAtAFinishedThreadsAddressIsOrderedAfterIt) {
 // lets go; a sync engine (asked for, or a fallback) is never wrapped.
 TEST_F(DirectFile, TheShareWrapsItsAioEngineForSingleOpsAndKeepsItCharged) {
   AioBudget budget(4096);
-  EngineShare split(EngineKind::kLibaio, fd_.get(), budget, true);
+  EngineShare split(EngineKind::kSyncLibaio, fd_.get(), budget);
   std::shared_ptr<Engine> a = split.acquire(), b = split.acquire();
   EXPECT_STREQ(a->name(), "sync+libaio");
   EXPECT_EQ(a, b) << "the export's connections got engines of their own";
@@ -278,9 +278,9 @@ TEST_F(DirectFile, TheShareWrapsItsAioEngineForSingleOpsAndKeepsItCharged) {
   EXPECT_EQ(budget.used(), 0u);
 
   EXPECT_STREQ(EngineShare(EngineKind::kLibaio, fd_.get(), budget).acquire()->name(), "libaio");
-  EXPECT_STREQ(EngineShare(EngineKind::kSync, fd_.get(), budget, true).acquire()->name(), "sync");
+  EXPECT_STREQ(EngineShare(EngineKind::kSync, fd_.get(), budget).acquire()->name(), "sync");
   AioBudget spent(0);
-  EXPECT_STREQ(EngineShare(EngineKind::kLibaio, fd_.get(), spent, true).acquire()->name(), "sync");
+  EXPECT_STREQ(EngineShare(EngineKind::kSyncLibaio, fd_.get(), spent).acquire()->name(), "sync");
 }
 
 // A batch on io_uring is one wait for all of its transfers: the thread wakes once for the

@@ -52,10 +52,18 @@ TEST(Options, Choices) {
   EXPECT_EQ(o.engine, EngineKind::kSync);
   apply_option(o, "aio", "io_uring");
   EXPECT_EQ(o.engine, EngineKind::kIoUring);
+  apply_option(o, "aio", "sync+libaio");
+  EXPECT_EQ(o.engine, EngineKind::kSyncLibaio);
+  EXPECT_STREQ(to_string(o.engine), "sync+libaio");
+  apply_option(o, "aio", "SYNC+IO_URING");
+  EXPECT_EQ(o.engine, EngineKind::kSyncIoUring);
+  EXPECT_STREQ(to_string(o.engine), "sync+io_uring");
   apply_option(o, "sector-size", "4096");
   EXPECT_EQ(o.sector_size, 4096u);
   EXPECT_NE(refusal("directio", "maybe"), "");
   EXPECT_NE(refusal("aio", "posix"), "");
+  EXPECT_NE(refusal("aio", "sync+sync"), "");
+  EXPECT_NE(refusal("aio", "sync+"), "");
   EXPECT_NE(refusal("sector-size", "1000"), "");
   EXPECT_NE(refusal("sector-size", "8192"), "");
   EXPECT_NE(refusal("file", ""), "");
