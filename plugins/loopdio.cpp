@@ -425,7 +425,7 @@ const char kHelp[] =
     "directio=auto|1|0    O_DIRECT: auto (default) when the backing allows it; 1 demands it;\n"
     "                     0 serves buffered through the same code path.\n"
     "aio=libaio|io_uring|sync|sync+libaio|sync+io_uring\n"
-    "                     The I/O engine (default libaio). sync = pread/pwrite; sync+X:\n"
+    "                     The I/O engine (default sync+libaio). sync = pread/pwrite; sync+X:\n"
     "                     pread/pwrite for a request of one transfer, X for several.\n"
     "offset=SIZE          Serve from this byte of the backing (losetup -o). k/M/G/T suffixes.\n"
     "sizelimit=SIZE       Serve at most this many bytes (losetup --sizelimit).\n"

@@ -34,7 +34,7 @@ struct Options {
   std::string default_export;              // dir=: what the empty export name serves
   bool devices = false;                    // dir=: block device nodes in it are exports too
   DirectIo direct_io = DirectIo::kAuto;
-  EngineKind engine = EngineKind::kLibaio;
+  EngineKind engine = EngineKind::kSyncLibaio;  // docs/design.md: why
   std::uint64_t offset = 0;                // losetup -o
   std::optional<std::uint64_t> sizelimit;  // losetup --sizelimit
   std::uint32_t sector_size = 0;           // 0: the backing's direct-I/O alignment

@@ -41,7 +41,7 @@ po::options_description plugin_options() {
        "O_DIRECT on the image: on demands it (refused when the backing cannot), off serves "
        "buffered, auto (default) uses it when the backing allows.")
       ("aio", po::value<std::string>()->value_name("libaio|io_uring|sync|sync+libaio|sync+io_uring"),
-       "The I/O engine (default libaio).")
+       "The I/O engine (default sync+libaio).")
       ("offset,o", po::value<std::string>()->value_name("SIZE"),
        "Serve from this byte of the image (losetup -o). Suffixes k, M, G, T.")
       ("sizelimit", po::value<std::string>()->value_name("SIZE"),

@@ -38,7 +38,7 @@ handles = []
 for k in range(n):
     h = hostile.open_export(sock, f"e{k:02}")
     hostile.write_and_verify(h, k, 1 << 20)
-    if "engine libaio" not in h.get_export_description():
+    if "engine sync+libaio" not in h.get_export_description():  # the default: a context each
         raise AssertionError(f"export {k}: {h.get_export_description()}")
     handles.append(h)
 rings = hostile.aio_contexts(pid)

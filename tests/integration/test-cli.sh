@@ -79,13 +79,13 @@ pass "serve --unix, info"
 head -1 "$T/list" | grep -qE '^NAME +BACK-FILE +OFFSET +SIZELIMIT +RO +DIO +AIO +LOG-SEC +CONNS +PID$' ||
   { cat "$T/list"; fail "list: header"; }
 read -r -a row < <(grep "^$sock " "$T/list")
-[ "${row[*]}" = "$sock $img 0 0 0 1 libaio 512 ${row[8]} $NBDKIT_PID" ] || { cat "$T/list"; fail "list: row"; }
+[ "${row[*]}" = "$sock $img 0 0 0 1 sync+libaio 512 ${row[8]} $NBDKIT_PID" ] || { cat "$T/list"; fail "list: row"; }
 "$LOOPDIO" list --json | $PYTHON -c '
 import json, sys
 sock, img, pid = sys.argv[1:]
 rows = json.load(sys.stdin)
 r = [r for r in rows if r["name"] == sock][0]
-want = {"back-file": img, "offset": 0, "sizelimit": 0, "ro": False, "dio": True, "aio": "libaio",
+want = {"back-file": img, "offset": 0, "sizelimit": 0, "ro": False, "dio": True, "aio": "sync+libaio",
         "log-sec": 512, "pid": int(pid), "kind": "socket"}
 for k, v in want.items():
     assert r[k] == v, (k, r[k], v)

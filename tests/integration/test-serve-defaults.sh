@@ -31,7 +31,7 @@ listeners "$port" >"$T/where"
 [ -s "$T/where" ] || fail "nothing listens on $port"
 ! grep -qvE '^(127\.[0-9.]+|\[::1\])$' "$T/where" || { cat "$T/where"; fail "listens beyond loopback"; }
 grep -qx "serving $img on nbd://localhost:$port" "$T/default.out" || fail "the URI printed"
-grep -q "^description: loopdio: $img (.*): direct I/O on, alignment 512.*, engine libaio" "$T/default.out" ||
+grep -q "^description: loopdio: $img (.*): direct I/O on, alignment 512.*, engine sync+libaio" "$T/default.out" ||
   fail "serve does not print the export's description"
 nbdinfo "nbd://localhost:$port" | grep -q "direct I/O on" || fail "nbdinfo nbd://localhost:$port"
 ! grep -q warning "$T/default.out.err" || { cat "$T/default.out.err"; fail "a warning on loopback"; }

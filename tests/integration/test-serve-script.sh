@@ -33,7 +33,7 @@ done
 grep -q "^serving " "$T/serve.out" || { cat "$T/serve.out" "$T/serve.err"; fail "scripts/serve.sh did not serve"; }
 grep -E "^(serve|serving|description): " "$T/serve.out"
 grep -qx "serving $src/build/demo.img on nbd://localhost:10809" "$T/serve.out" || fail "where it serves"
-grep -q "^description: loopdio: $src/build/demo.img (.*): direct I/O on, alignment [0-9]*.*, engine libaio" \
+grep -q "^description: loopdio: $src/build/demo.img (.*): direct I/O on, alignment [0-9]*.*, engine sync+libaio" \
   "$T/serve.out" || fail "the description printed"
 pass "scripts/serve.sh builds a fresh clone, makes the demo image and serves it"
 

@@ -14,8 +14,8 @@ serve_tcp "$img"
 desc=$(nbdinfo nbd://localhost | sed -n 's/^\s*description: //p')
 step "export description: $desc"
 case $desc in
-  *"direct I/O on, alignment $NBD_BS "*"engine libaio"*) ;;
-  *) fail "expected direct I/O on, alignment $NBD_BS, engine libaio" ;;
+  *"direct I/O on, alignment $NBD_BS "*"engine sync+libaio"*) ;;
+  *) fail "expected direct I/O on, alignment $NBD_BS, engine sync+libaio (the default)" ;;
 esac
 
 # The client as documented: the block size only where the backing is 4K-native.
