@@ -50,6 +50,9 @@ def parse_args():
                    help="seconds to wait for a quiet machine before giving up (default 300)")
     p.add_argument("--retries", type=int, default=2,
                    help="times a cell disturbed by other work is run again (default 2)")
+    p.add_argument("--report", metavar="DIR",
+                   help="write DIR/results.md and the charts again from DIR/results.json (after "
+                   "a change to the report or the goals); measures nothing")
     p.add_argument("--noisy", action="store_true",
                    help="run on a busy machine anyway: the results are marked INVALID")
     a = p.parse_args()
@@ -215,11 +218,15 @@ def measure(a, ts, image, work):
     return cells, foot
 
 
-def write_results(a, m, ts, cells, foot, elapsed):
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+def write_results(a, m, ts, cells, foot, elapsed, out=None):
+    """Writes results.md, results.json and the charts into out (a new directory under
+    bench/results, pointed at by bench/results/latest, when None)."""
     root = os.path.join(TOP, "bench", "results")
-    out = os.path.join(root, stamp)
-    os.makedirs(out)
+    stamp = None
+    if out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = os.path.join(root, stamp)
+        os.makedirs(out)
     med = report.medians(cells, ts)
     checked = cells + [dict(f, workload=fio.FULL_READ.name, target=t) for t, f in foot.items()]
     invalid = verdict(m, checked)
@@ -240,11 +247,24 @@ def write_results(a, m, ts, cells, foot, elapsed):
                    "medians": [{"target": t, "workload": w, **v} for (t, w), v in med.items()],
                    "evaluation": lines}, f, indent=1)
     report.plot(med, ts, out, header(m))
-    link = os.path.join(root, "latest")
-    if os.path.islink(link):
-        os.unlink(link)
-    os.symlink(stamp, link)
+    if stamp:
+        link = os.path.join(root, "latest")
+        if os.path.islink(link):
+            os.unlink(link)
+        os.symlink(stamp, link)
     return out, md
+
+
+def rewrite_report(a):
+    """--report DIR: the same results, reported again."""
+    with open(os.path.join(a.report, "results.json")) as f:
+        r = json.load(f)
+    m, cells, foot = r["machine"], r["repeats"], r["full_read"]
+    names = {c["target"] for c in cells}
+    ts = [t for t in tg.all_targets(m.get("plugin", "")) if t.name in names]
+    a.size = m["image_bytes"]
+    out, md = write_results(a, m, ts, cells, foot, m.get("elapsed_s", 0), out=a.report)
+    print(md + f"\nResults rewritten in {out}")
 
 
 def wait_quiet(a, m, when):
@@ -271,6 +291,8 @@ def on_signal(signum, _frame):
 
 def main():
     a = parse_args()
+    if a.report:
+        return rewrite_report(a)
     if os.geteuid() != 0:
         sys.exit("bench/run.py: must run as root (drop_caches, losetup, fincore of the image)")
     signal.signal(signal.SIGINT, signal.default_int_handler)   # even if started ignoring it
