@@ -230,7 +230,7 @@ def write_results(a, m, ts, cells, foot, elapsed, out=None):
     med = report.medians(cells, ts)
     checked = cells + [dict(f, workload=fio.FULL_READ.name, target=t) for t, f in foot.items()]
     invalid = verdict(m, checked)
-    head, lines, npass, ngoals = goals.goal_lines(med, foot, ts, a.size, m.get("default_engine"))
+    head, lines, count, ngoals = goals.goal_lines(med, foot, ts, a.size, m.get("default_engine"))
     m["elapsed_s"], m["loadavg_end"], m["invalid"] = round(elapsed), os.getloadavg()[0], invalid
     banner = ([f"**INVALID: {invalid}. Do not draw conclusions from these figures.**", ""]
               if invalid else [])
@@ -238,7 +238,8 @@ def write_results(a, m, ts, cells, foot, elapsed, out=None):
         "# loopdio side-by-side benchmark", "", *banner, header(m), "", quiet_line(m, checked), "",
         report.table(med, ts), "", "## Page cache after one full sequential read (1M, QD8, cold)",
         "", report.footprint_table(foot, ts, a.size), "",
-        f"## Evaluation: {npass}/{ngoals} PASS{' (INVALID run)' if invalid else ''}", "", head,
+        f"## Evaluation: {count['PASS']}/{ngoals} PASS, {count['NOISE']} within the run's noise, "
+        f"{count['MISS']} MISS{' (INVALID run)' if invalid else ''}", "", head,
         "", *lines, "", f"Total time {elapsed:.0f} s."])
     with open(f"{out}/results.md", "w") as f:
         f.write(md + "\n")
