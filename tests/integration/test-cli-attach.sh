@@ -118,13 +118,13 @@ grep -qx -- "-unix $T/run/private/nbd1.sock $T/dev/nbd1 -b 4096 -C 2" "$STANDIN_
   { cat "$STANDIN_LOG"; fail "nbd-client was not run as expected"; }
 [ "$(stat -c %a "$T/run/private")" = 700 ] || fail "the device's socket is not root's only"
 row "$dev" >"$T/row"
-for kv in "kind=device" "back-file=$img" "log-sec=4096" "dio=True" "conns=2" "ro=False" "aio=libaio"; do
+for kv in "kind=device" "back-file=$img" "log-sec=4096" "dio=True" "conns=2" "ro=False" "aio=sync+libaio"; do
   grep -qx -- "$kv" "$T/row" || { cat "$T/row"; fail "list --json: no $kv"; }
 done
 pid=$(sed -n 's/^pid=//p' "$T/row")
 [ "$(cat /proc/$pid/comm)" = nbdkit ] || fail "PID $pid is not nbdkit"
 [ "$(ps -o sid= -p "$pid")" != "$(ps -o sid= -p $$)" ] || fail "the server is not in a session of its own"
-"$LOOPDIO" list | grep -qE "^$dev +$img +0 +0 +0 +1 +libaio +4096 +2 +$pid\$" || { "$LOOPDIO" list; fail "list"; }
+"$LOOPDIO" list | grep -qE "^$dev +$img +0 +0 +0 +1 +sync\+libaio +4096 +2 +$pid\$" || { "$LOOPDIO" list; fail "list"; }
 pass "attach --show -C 2: $dev, -b 4096, listed"
 
 # What the kernel would write, through the device's socket, unaligned; then set both ways.
