@@ -21,7 +21,8 @@ std::shared_ptr<Engine> EngineShare::acquire() {
 std::shared_ptr<Engine> EngineShare::make() {
   if (kind_ == EngineKind::kSync) return make_sync_engine();
   std::shared_ptr<Engine> e = make_aio();
-  if (!single_ops_sync_ || std::string_view(e->name()) == "sync") return e;
+  bool split = kind_ == EngineKind::kSyncLibaio || kind_ == EngineKind::kSyncIoUring;
+  if (!split || std::string_view(e->name()) == "sync") return e;
   return make_split_engine(std::move(e));
 }
 

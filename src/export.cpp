@@ -9,9 +9,9 @@
 namespace loopdio {
 namespace {
 
-// The names engines give themselves (Engine::name), in Export::by_engine_'s order.
-const char* const kEngineNames[Export::kEngineKinds] = {"libaio", "io_uring", "sync",
-                                                        "sync+libaio", "sync+io_uring"};
+// The name an engine of kind i gives itself (Engine::name): Export::by_engine_ is indexed
+// by EngineKind.
+const char* engine_name(int i) { return to_string(static_cast<EngineKind>(i)); }
 
 SpaceSupport space_support(const ProbeResult& p) {
   SpaceSupport sup;
@@ -55,8 +55,8 @@ std::unique_ptr<Export> Export::open(const Options& o, ServerShared& shared,
 
 int Export::engine_index(const Engine& e) {
   for (int i = 0; i < kEngineKinds; ++i)
-    if (std::strcmp(e.name(), kEngineNames[i]) == 0) return i;
-  return 2;
+    if (std::strcmp(e.name(), engine_name(i)) == 0) return i;
+  return static_cast<int>(EngineKind::kSync);
 }
 
 std::shared_ptr<Engine> Export::attach(unsigned limit) {
@@ -115,7 +115,7 @@ std::string Export::engines_in_use() const {
   for (int i = 0; i < kEngineKinds; ++i)
     if (by_engine_[i].load()) {
       if (!in_use.empty()) in_use += " and ";
-      in_use += kEngineNames[i];
+      in_use += engine_name(i);
     }
   return in_use.empty() ? to_string(options().engine) : in_use;
 }
@@ -138,7 +138,7 @@ void Export::status(Json& j) {
   j["aio"] = to_string(o.engine);
   j["aio_in_use"] = engines_in_use();
   Json engines = Json::object();
-  for (int i = 0; i < kEngineKinds; ++i) engines[kEngineNames[i]] = by_engine_[i].load();
+  for (int i = 0; i < kEngineKinds; ++i) engines[engine_name(i)] = by_engine_[i].load();
   j["engines"] = engines;
   j["log_sec"] = b.min_block();
   j["alignment"] = b.probe().dio_supported ? b.probe().align.offset : 0;

@@ -47,8 +47,7 @@ class EngineShare {
   // kSyncLibaio and kSyncIoUring wrap the AIO engine in make_split_engine: requests of one
   // op run in the calling thread, and only batches use the AIO engine.
   EngineShare(EngineKind kind, int fd, AioBudget& budget)
-      : kind_(kind), fd_(fd), budget_(budget),
-        single_ops_sync_(kind == EngineKind::kSyncLibaio || kind == EngineKind::kSyncIoUring) {}
+      : kind_(kind), fd_(fd), budget_(budget) {}
 
   // The engine for a connection that opens now. Never null; throws only std::bad_alloc.
   std::shared_ptr<Engine> acquire();
@@ -62,7 +61,6 @@ class EngineShare {
   const EngineKind kind_;
   const int fd_;
   AioBudget& budget_;
-  const bool single_ops_sync_;
   std::mutex mu_;                 // protects what follows
   std::weak_ptr<Engine> shared_;  // alive while a connection holds it
   bool uring_refusal_told_ = false;  // each fallback is told once, not at every connection

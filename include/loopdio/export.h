@@ -32,7 +32,7 @@ struct ServerShared {
 
 class Export {
  public:
-  static constexpr int kEngineKinds = 5;  // libaio, io_uring, sync, sync+libaio, sync+io_uring
+  static constexpr int kEngineKinds = static_cast<int>(EngineKind::kSyncIoUring) + 1;
 
   // Opens and probes o.file (or `name` in the directory `dirfd`, following no symbolic
   // link) and says what it decided (notices). Bounce buffers, AIO contexts and throttle

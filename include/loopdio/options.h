@@ -15,6 +15,7 @@ namespace loopdio {
 enum class DirectIo { kAuto, kOn, kOff };
 // kSyncLibaio, kSyncIoUring: a request of one transfer runs as kSync does, in the calling
 // thread; only a request of several transfers goes to the AIO engine (make_split_engine).
+// to_string(kind) is also the name an engine of that kind gives itself (Engine::name).
 enum class EngineKind { kLibaio, kIoUring, kSync, kSyncLibaio, kSyncIoUring };
 
 const char* to_string(DirectIo d);
